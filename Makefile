@@ -1,0 +1,38 @@
+# stecache — `make demo` runs the pipeline on embedded synthetic data, `make test` runs the tests.
+# Both install everything they need into .venv from nothing (CPU torch first, see README).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TORCH   ?= torch==2.13.0
+WORK    ?= work
+
+.PHONY: install test test-fast lint demo ablation bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check stecache tests bench
+	$(BIN)/ruff format --check stecache tests bench
+
+demo: $(STAMP)
+	$(BIN)/stecache synth $(WORK)/synth
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) $(WORK) runs reports

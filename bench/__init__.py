@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs them all; each writes its own section of BENCHMARKS.md."""

@@ -1,0 +1,45 @@
+"""Domain errors. The library raises these; `cli.py` turns each into a one-line message and exit 1."""
+
+
+class StecacheError(Exception):
+    """Base of every error a user can cause and fix; its message says what and where."""
+
+
+class AnnotationError(StecacheError, ValueError):
+    """A malformed annotation file: the message names the file and line."""
+
+
+class VideoError(StecacheError):
+    """A video that cannot be used: the message names the file."""
+
+
+class MissingVideo(VideoError):
+    """The video file does not exist."""
+
+
+class CorruptVideo(VideoError):
+    """The file cannot be decoded (truncated, zero bytes, not a video container)."""
+
+
+class NoVideoStream(VideoError):
+    """The container has no video stream (e.g. audio only)."""
+
+
+class EmptyVideo(VideoError):
+    """The video stream decodes to zero frames."""
+
+
+class CheckpointMismatch(StecacheError):
+    """A checkpoint does not fit the backbone: the message lists missing and unexpected keys."""
+
+
+class CacheMismatch(StecacheError):
+    """A cache was made with other settings than the ones asked for: the message shows the difference."""
+
+
+class CacheBusy(StecacheError):
+    """Another process is extracting into this cache."""
+
+
+class CacheIncomplete(StecacheError):
+    """A cache still has rows not extracted."""
