@@ -57,5 +57,280 @@ def synth(out: Path, seed: int, n_clips: int, multi_label: bool):
     click.echo(summary)
 
 
+# ---- heads -------------------------------------------------------------------------------------------
+
+
+def _shape(ctx, param, value: str) -> tuple[int, int, int, int]:
+    try:
+        shape = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 4 or min(shape) < 1:
+        raise click.BadParameter(f"{value!r} is not n,c,h,w (4 positive ints), e.g. 8,768,14,14")
+    return shape
+
+
+@cli.command()
+@click.option("--describe", is_flag=True, help="Table of parameters (fwd GFLOP/clip) per head × depth 0–4.")
+@click.option("--shape", default="8,768,14,14", show_default=True, callback=_shape, help="Features n,c,h,w.")
+@click.option("--classes", default=26, show_default=True, type=click.IntRange(1), help="Number of classes K.")
+def heads(describe: bool, shape: tuple, classes: int):
+    """List the classifier heads (meanfc, tr, ste, stemean, patch); --describe sizes them for a shape."""
+    from .heads import HEADS, describe_table, valid_depths
+
+    if describe:
+        click.echo(describe_table(shape, classes))
+        return
+    for name, cls in HEADS.items():
+        d = valid_depths(name)
+        doc = cls.__doc__.splitlines()[0].split(": ", 1)[-1]
+        click.echo(f"{name:8s} depth {f'{d.start}..{d.stop - 1}':6s} {doc}")
+
+
+# ---- report ------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("results", required=False, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports"), show_default=True,
+              help="Folder for ablation.md, the CSVs and the PNGs.")  # fmt: skip
+@click.option("--no-plots", is_flag=True, help="Markdown and CSV only.")
+@click.option("--correlation", "corr", metavar="RUN_OR_CACHE", type=click.Path(path_type=Path),
+              help="Fig. 1 heat maps instead: position correlation of a cache's features (raw) and, for a "
+              "run folder, after its head's blocks.")  # fmt: skip
+@click.option("--split", default="val", show_default=True, help="Split averaged over (with --correlation).")
+@click.option("--max-clips", default=256, show_default=True, type=click.IntRange(1),
+              help="Clips averaged over (with --correlation).")  # fmt: skip
+def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, split: str, max_clips: int):
+    """Tables I–III (markdown, CSV, PNG) from RESULTS (a results.jsonl), or Fig. 1 heat maps (--correlation)."""
+    from .report import correlation_maps, write_report
+
+    if corr is not None:
+        click.echo(correlation_maps(corr, out, split=split, max_clips=max_clips))
+        return
+    if results is None:
+        raise click.UsageError("give RESULTS (a results.jsonl, e.g. runs/ablation/results.jsonl) or --correlation")
+    md = write_report(results, out, plots=not no_plots)
+    click.echo(md.read_text())
+    click.echo(f"report: {md}")
+
+
+# ---- train-head / evaluate ---------------------------------------------------------------------------
+
+HEAD_NAMES = ("meanfc", "patch", "ste", "stemean", "tr")  # = sorted(heads.HEADS) (tested); no torch at --help
+
+
+def _default_cache() -> str:
+    """The cache `stecache extract` made last (extract.last_cache() or work/last_cache)."""
+    try:
+        from .extract import last_cache  # type: ignore[attr-defined]
+
+        found = last_cache()
+    except ImportError:
+        marker = Path("work/last_cache")
+        found = marker.read_text().strip() if marker.exists() else None
+    if not found:
+        raise click.UsageError(
+            "no --cache given and no cache made yet; make one with `stecache synth work/synth` then "
+            "`stecache extract` (see README), or pass --cache PATH"
+        )
+    return str(found)
+
+
+def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
+    import json
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE, e.g. --option patch=[2,2,2]")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+@cli.command("train-head")
+@click.option("--head", type=click.Choice(HEAD_NAMES), default="ste", show_default=True, help="Head type.")
+@click.option("--depth", type=int, default=None, help="Blocks in the head [default: the head's smallest].")
+@click.option("--cache", "cache", help="Feature cache [default: the one `stecache extract` made last].")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Global batch.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Base lr per 256 clips (scaled).")
+@click.option("--warmup-epochs", type=click.IntRange(0), default=5, show_default=True, help="≤ epochs//5.")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--no-balance", is_flag=True, help="Uniform sampling instead of the class-balanced sampler.")
+@click.option("--option", "options", multiple=True, callback=_head_option, metavar="KEY=VALUE",
+              help="Head option (repeatable), e.g. --option patch=[2,2,2] --option dropout=0.")  # fmt: skip
+@click.option("--ram-limit", help="Max bytes a split may take in RAM (e.g. 4G); above it, stream.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run folder [default: RUNS/<name>].")
+@click.option("--name", help="Run name under --runs [default: derived from the settings].")
+@click.option("--runs", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+              help="Runs root (holds results.jsonl).")  # fmt: skip
+@click.option("--resume/--no-resume", default=None,
+              help="Resume the run's checkpoint [default: if its config matches] / start over.")  # fmt: skip
+def train_head(head, depth, cache, epochs, seed, batch_size, lr, warmup_epochs, weight_decay, no_balance,
+               options, ram_limit, out, name, runs, resume):  # fmt: skip
+    """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
+    from .train import TrainConfig, format_metrics, train
+
+    cfg = TrainConfig(head=head, depth=depth, head_options=options, epochs=epochs, seed=seed,
+                      batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
+                      balanced=not no_balance, ram_limit=ram_limit)  # fmt: skip
+    out = out or (runs / name if name else None)
+    metrics = train(cfg, cache or _default_cache(), out, runs_root=runs, resume=resume)
+    if metrics:  # rank 0 only
+        split = "test" if "test" in metrics else "val"
+        res = {"run": metrics["run_dir"], "split": split, "clips": metrics[f"{split}_clips"],
+               "metrics": metrics[split]}  # fmt: skip
+        if f"{split}_tuned" in metrics:
+            res["tuned"] = metrics[f"{split}_tuned"]
+        click.echo(format_metrics(res))
+        click.echo(f"run folder: {metrics['run_dir']}")
+
+
+@cli.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Split of the cache to evaluate on.")
+@click.option("--cache", help="Another copy of the run's cache (must have the same fingerprint).")
+@click.option("--per-class", is_flag=True, help="Also print per-class precision/recall/F1 (multi-label).")
+def evaluate(run: Path, split: str, cache: str | None, per_class: bool):
+    """Metrics of a trained run's best head on a split of its cache."""
+    from .train import evaluate as evaluate_run
+    from .train import format_metrics
+
+    result = evaluate_run(run, split=split, cache=cache)
+    click.echo(format_metrics(result, result["class_names"] if per_class else None))
+
+
+# ---- extract / info / export-h5 / import-h5 ----------------------------------------------------------
+
+BACKBONE_NAMES = ("uniformerv2", "uniformerv2-tiny", "videomaev2", "videomaev2-tiny")  # = BACKBONES (tested)
+CODEC_NAMES = ("lz4", "none", "zstd")  # = cache.CODECS (tested); literal so --help needs no zarr
+
+
+def _backbone_name(ctx, param, value: str) -> str:
+    if value not in BACKBONE_NAMES and not (value.startswith("image:") and len(value) > 6):
+        raise click.BadParameter(f"{value!r}: choose one of {', '.join(BACKBONE_NAMES)} or image:<dir>")
+    return value
+
+
+def _split_files(ctx, param, values: tuple[str, ...]) -> dict[str, Path]:
+    out = {}
+    for v in values:
+        split, sep, file = v.partition("=")
+        if not sep or not split or not file:
+            raise click.BadParameter(f"{v!r}: expected SPLIT=FILE, e.g. train=lists/train.txt")
+        if not Path(file).exists():
+            raise click.BadParameter(f"{v!r}: {file} does not exist")
+        out[split] = Path(file)
+    return out
+
+
+@cli.command()
+@click.option("--backbone", required=True, callback=_backbone_name,
+              help=f"Encoder: {', '.join(BACKBONE_NAMES)}, or image:<dir> (a transformers vision model).")
+@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path),
+              help="Official weights file/dir [default: random weights, for tests and demos].")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset folder as `stecache synth` writes it [default: work/synth, made if missing].")
+@click.option("--annotations", multiple=True, callback=_split_files, metavar="SPLIT=FILE",
+              help="Annotation file of a split (mmaction .txt, TinyVIRAT .json, .csv, class folder); repeat.")
+@click.option("--data-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder the annotation paths are relative to (with --annotations).")
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Class names file (with --annotations) [default: 0..K-1].")
+@click.option("--cache", "cache_url", help="Output zarr path or URL [default: work/cache-<backbone>.zarr].")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per forward.")
+@click.option("--workers", type=click.IntRange(0), help="Decoding processes [default: min(2, cpus)].")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--test-views", is_flag=True, help="Store the backbone's test protocol views (clips x crops).")
+@click.option("--train-views", default=0, show_default=True, type=click.IntRange(0),
+              help="Also store K augmented views per clip (random frames, crop, flip).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the augmented views.")
+@click.option("--codec", type=click.Choice(CODEC_NAMES), default="none", show_default=True,
+              help="Feature compression of a new cache (fp16 features barely compress; see BENCHMARKS.md).")
+@click.option("--shard-size", type=click.IntRange(1), help="Clips per shard file [default: ~128 MB shards].")
+@click.option("--allow-failures", is_flag=True, help="Exit 0 even if some clips cannot be decoded.")
+@click.option("--device", help="torch device [default: cuda if available, else cpu].")
+def extract(backbone, checkpoint, data, annotations, data_root, classes, cache_url, batch_size, workers,
+            dtype, test_views, train_views, seed, codec, shard_size, allow_failures, device):
+    """Run a frozen encoder once over every clip into a resumable zarr feature cache.
+
+    Re-running the same command resumes (done clips are skipped). Under `torchrun --nproc_per_node=K`
+    the ranks share the work and write one cache.
+    """
+    from .annotations import load_dataset_dir
+    from .extract import ExtractConfig, dataset_from_annotations, default_cache_path, remember_cache
+    from .extract import extract as run_extract
+
+    if annotations:
+        if data is not None or data_root is None:
+            raise click.UsageError("--annotations needs --data-root DIR and no --data")
+        dataset = dataset_from_annotations(annotations, data_root, classes)
+    else:
+        if data_root is not None or classes is not None:
+            raise click.UsageError("--data-root/--classes go with --annotations SPLIT=FILE")
+        if data is None:
+            data = Path("work/synth")
+            if not (data / "classes.txt").exists():
+                from .synth import synthesize
+
+                click.echo(f"no --data: writing the synthetic dataset to {data}", err=True)
+                click.echo(synthesize(data), err=True)
+        dataset = load_dataset_dir(data)
+    cache_url = cache_url or str(default_cache_path(backbone))
+    cfg = ExtractConfig(batch_size=batch_size, workers=workers, dtype=dtype, test_views=test_views,
+                        train_views=train_views, seed=seed, codec=codec, shard_size=shard_size,
+                        allow_failures=allow_failures, device=device)
+    try:
+        s = run_extract(dataset, cache_url, backbone, checkpoint=checkpoint, cfg=cfg)
+    finally:
+        if "://" not in str(cache_url) and Path(cache_url, "zarr.json").exists():
+            remember_cache(cache_url)
+    click.echo(f"{s['cache']}: {s['done']}/{s['clips']} clips done ({s['extracted']} extracted now, "
+               f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s")
+    for clip_id, err in s["failed"]:
+        click.echo(f"  failed {clip_id}: {err}")
+
+
+@cli.command()
+@click.argument("cache")
+def info(cache: str):
+    """Provenance, counts per split and class, failures, done/total and size on disk of a cache."""
+    from .cache import open_cache
+
+    click.echo(open_cache(cache).describe())
+
+
+@cli.command("export-h5")
+@click.argument("cache")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+def export_h5(cache: str, out: Path):
+    """Write a cache's features, labels, ids, splits and attributes to an HDF5 file."""
+    from .cache import export_h5 as run_export
+
+    click.echo(run_export(cache, out))
+
+
+@cli.command("import-h5")
+@click.argument("h5", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("cache")
+@click.option("--features", default="features", show_default=True, help="Dataset [N,n,c,h,w] or [N,c].")
+@click.option("--labels", default="labels", show_default=True, help="Dataset [N] class index or [N,K].")
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Class names file, one per line [default: from the file, else 0..K-1].")
+def import_h5(h5: Path, cache: str, features: str, labels: str, classes: Path | None):
+    """Make a cache from an HDF5 feature file (ours or another tool's)."""
+    from .cache import import_h5 as run_import
+
+    names = [ln.strip() for ln in classes.read_text().splitlines() if ln.strip()] if classes else None
+    c = run_import(h5, cache, features=features, labels=labels, class_names=names)
+    click.echo(f"imported {len(c)} clips {c.feature_shape} into {cache} (fingerprint {c.fingerprint})")
+
+
 def main():  # pragma: no cover
     cli()

@@ -43,3 +43,19 @@ class CacheBusy(StecacheError):
 
 class CacheIncomplete(StecacheError):
     """A cache still has rows not extracted."""
+
+
+class HeadConfigError(StecacheError, ValueError):
+    """A head that cannot be built for this feature shape (bad name, depth, patch size or option)."""
+
+
+class EmptySplit(StecacheError):
+    """A split to train or evaluate on has no usable clips."""
+
+
+class TrainError(StecacheError):
+    """Training cannot start as asked (a class without training examples, a run folder holding another run)."""
+
+
+class ExtractionFailed(StecacheError):
+    """Some clips could not be extracted (recorded in the cache); the message summarises them."""

@@ -1,0 +1,247 @@
+"""UniFormerV2 (CLIP ViT + global UniBlocks) in plain PyTorch, loading official and mmaction2 checkpoints.
+
+Local blocks are CLIP ViT blocks (QuickGELU, packed q/k/v) run per frame over 1 + h*w tokens, with the
+optional local MHRA (BN3d, 1x1x1, depthwise temporal, 1x1x1) of the SSv2 configs. Layers in `return_list`
+feed the global UniBlocks: a depthwise 3x3x3 position conv on the patch tokens of a copy, then a learnable
+query cross-attends over all T*(1+h*w) tokens. Pooled = LN((1-sigmoid(balance))*query + sigmoid(balance)*
+mean_t frame CLS). Tokens = the last local block's patch tokens (no CLS, no norm) -> [B, t, c, h, w].
+Parameter names follow mmaction2's `UniFormerV2` so both checkpoint layouts load with a rename only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stecache.backbones.base import (
+    Backbone,
+    load_strict,
+    read_state_dict,
+    sha256_file,
+    strip_prefixes,
+    warn_random,
+)
+
+K400 = {"mean": [114.75, 114.75, 114.75], "std": [57.375, 57.375, 57.375]}  # 0.45 / 0.225, not CLIP's
+BASE = {
+    "family": "uniformerv2",
+    "frames": 8,  # t_size: tied to the clip length (a mismatch silently splits clips upstream)
+    "size": 224,
+    "patch": 16,
+    "width": 768,
+    "layers": 12,
+    "heads": 12,
+    "temporal_downsample": False,
+    "kernel_size": 3,
+    "no_lmhra": True,
+    "double_lmhra": True,
+    "dw_reduction": 1.5,
+    "return_list": [8, 9, 10, 11],
+    "n_head": 12,
+    "mlp_factor": 4.0,
+    "sampling": {"rule": "uniform", "clip_len": 8, "frame_interval": 1, "num_clips": 1, "test_mode": True},
+    "preprocess": {"short_side": 224, "crop_size": 224, "crop": "center", **K400},
+    "test_views": [4, 3],
+    "feature_layer": "local block 11 output, patch tokens without the frame CLS (no norm)",
+}
+TINY = {
+    **BASE,
+    "size": 64,
+    "width": 64,
+    "layers": 4,
+    "heads": 2,
+    "return_list": [2, 3],
+    "n_head": 2,
+    "preprocess": {**BASE["preprocess"], "short_side": 64, "crop_size": 64},
+    "feature_layer": "local block 3 output, patch tokens without the frame CLS (no norm)",
+}
+
+
+class QuickGELU(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with nn.MultiheadAttention's parameter names, batch-first, SDPA."""
+
+    def __init__(self, c: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(3 * c, c)))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * c))
+        self.out_proj = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, Lq, c] attends over kv [B, Lk, c] (self-attention when kv is None) -> [B, Lq, c]."""
+        c, w, b = x.shape[-1], self.in_proj_weight, self.in_proj_bias
+        if kv is None:
+            q, k, v = F.linear(x, w, b).chunk(3, dim=-1)
+        else:
+            q = F.linear(x, w[:c], b[:c])
+            k, v = F.linear(kv, w[c:], b[c:]).chunk(2, dim=-1)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))  # [B, heads, L, d]
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+def mlp(c: int, hidden: int, dropout: bool = False) -> nn.Sequential:
+    """CLIP MLP: c_fc -> QuickGELU (-> Dropout, identity frozen) -> c_proj."""
+    layers = [("c_fc", nn.Linear(c, hidden)), ("gelu", QuickGELU())]
+    layers += [("dropout", nn.Dropout(0.5))] if dropout else []
+    return nn.Sequential(OrderedDict([*layers, ("c_proj", nn.Linear(hidden, c))]))
+
+
+class LocalMHRA(nn.Module):
+    """Local temporal relation: BN3d -> 1x1x1 (c->c/r) -> depthwise (3,1,1) -> 1x1x1 (c/r->c)."""
+
+    def __init__(self, c: int, reduction: float):
+        super().__init__()
+        r = int(c // reduction)
+        self.pos_embed = nn.Sequential(
+            nn.BatchNorm3d(c),
+            nn.Conv3d(c, r, 1),
+            nn.Conv3d(r, r, (3, 1, 1), padding=(1, 0, 0), groups=r),
+            nn.Conv3d(r, c, 1),
+        )
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:  # [N*t, 1+h*w, c], patch tokens += MHRA
+        nt, L, c = x.shape
+        s = int((L - 1) ** 0.5)
+        p = x[:, 1:].reshape(nt // t, t, s, s, c).permute(0, 4, 1, 2, 3)  # [N, c, t, h, w]
+        p = (p + self.pos_embed(p)).permute(0, 2, 3, 4, 1).reshape(nt, L - 1, c)
+        return torch.cat([x[:, :1], p], dim=1)
+
+
+class LocalBlock(nn.Module):
+    """CLIP ViT block applied per frame, with optional local MHRA before / after attention."""
+
+    def __init__(self, c: int, heads: int, lmhra: bool, double: bool, reduction: float):
+        super().__init__()
+        self.attn, self.ln_1, self.ln_2 = Attention(c, heads), nn.LayerNorm(c), nn.LayerNorm(c)
+        self.mlp = mlp(c, 4 * c)
+        self.lmhra1 = LocalMHRA(c, reduction) if lmhra else None
+        self.lmhra2 = LocalMHRA(c, reduction) if lmhra and double else None
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:  # [N*t, 1+h*w, c]
+        if self.lmhra1 is not None:
+            x = self.lmhra1(x, t)
+        x = x + self.attn(self.ln_1(x))
+        if self.lmhra2 is not None:
+            x = self.lmhra2(x, t)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GlobalBlock(nn.Module):
+    """UniFormerV2 `Extractor`: a query [N, 1, c] cross-attends over tokens [N, t*(1+h*w), c]."""
+
+    def __init__(self, c: int, heads: int, mlp_factor: float):
+        super().__init__()
+        self.attn = Attention(c, heads)
+        self.ln_1, self.ln_2, self.ln_3 = nn.LayerNorm(c), nn.LayerNorm(c), nn.LayerNorm(c)
+        self.mlp = mlp(c, round(mlp_factor * c), dropout=True)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        q = q + self.attn(self.ln_1(q), self.ln_3(kv))
+        return q + self.mlp(self.ln_2(q))
+
+
+class Transformer(nn.Module):
+    """Local blocks + global blocks + fusion; holds the mmaction2 `transformer.*` parameters."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        c, n = cfg["width"], len(cfg["return_list"])
+        lm = not cfg["no_lmhra"]
+        self.resblocks = nn.ModuleList(
+            LocalBlock(c, cfg["heads"], lm, cfg["double_lmhra"], cfg["dw_reduction"])
+            for _ in range(cfg["layers"])
+        )
+        self.temporal_cls_token = nn.Parameter(torch.zeros(1, 1, c))
+        self.dpe = nn.ModuleList(nn.Conv3d(c, c, 3, padding=1, groups=c) for _ in range(n))
+        self.dec = nn.ModuleList(GlobalBlock(c, cfg["n_head"], cfg["mlp_factor"]) for _ in range(n))
+        self.norm = nn.LayerNorm(c)
+        self.balance = nn.Parameter(torch.zeros(c))
+
+
+class UniFormerV2(Backbone):
+    """UniFormerV2 video encoder; parameter names as mmaction2 `UniFormerV2` (prefix `backbone.` stripped)."""
+
+    def __init__(self, name: str, cfg: dict):
+        super().__init__()
+        self.name, self.config = name, cfg
+        c, p, s = cfg["width"], cfg["patch"], cfg["size"] // cfg["patch"]
+        self.frames, self.size, self.channels = cfg["frames"], cfg["size"], c
+        self.grid = (cfg["frames"] // 2 if cfg["temporal_downsample"] else cfg["frames"], s, s)
+        if cfg["temporal_downsample"]:
+            k = cfg["kernel_size"]
+            self.conv1 = nn.Conv3d(3, c, (k, p, p), (2, p, p), ((k - 1) // 2, 0, 0), bias=False)
+        else:
+            self.conv1 = nn.Conv3d(3, c, (1, p, p), (1, p, p), bias=False)
+        self.class_embedding = nn.Parameter(c**-0.5 * torch.randn(c))
+        self.positional_embedding = nn.Parameter(c**-0.5 * torch.randn(s * s + 1, c))
+        self.ln_pre = nn.LayerNorm(c)
+        self.transformer = Transformer(cfg)
+        self.return_list = list(cfg["return_list"])
+
+    def _run_blocks(self, clips: torch.Tensor, pooled: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        tr = self.transformer
+        x = self.conv1(clips)  # [N, c, t, h, w]
+        N, c, t, h, w = x.shape
+        x = x.permute(0, 2, 3, 4, 1).reshape(N * t, h * w, c)  # row n*t + i, token y*w + x
+        x = torch.cat([self.class_embedding.expand(N * t, 1, c), x], dim=1) + self.positional_embedding
+        x = self.ln_pre(x)  # [N*t, 1+h*w, c]
+        query = tr.temporal_cls_token.expand(N, 1, c)
+        for i, block in enumerate(tr.resblocks):
+            x = block(x, t)
+            if pooled and i in self.return_list:
+                j = self.return_list.index(i)
+                frames = x.view(N, t, 1 + h * w, c)
+                patches = frames[:, :, 1:].reshape(N, t, h, w, c).permute(0, 4, 1, 2, 3)  # [N, c, t, h, w]
+                pos = tr.dpe[j](patches).permute(0, 2, 3, 4, 1).reshape(N, t, h * w, c)
+                kv = torch.cat([frames[:, :, :1], frames[:, :, 1:] + pos], dim=2).reshape(
+                    N, t * (1 + h * w), c
+                )
+                query = tr.dec[j](query, kv)
+        tokens = x[:, 1:].reshape(N, t, h, w, c).permute(0, 1, 4, 2, 3)  # [N, t, c, h, w]
+        if not pooled:
+            return tokens, None
+        weight = torch.sigmoid(tr.balance)
+        frame_cls = x[:, 0].reshape(N, t, c).mean(1)  # [N, c]
+        return tokens, tr.norm((1 - weight) * query[:, 0] + weight * frame_cls)
+
+    def _tokens(self, clips: torch.Tensor) -> torch.Tensor:
+        return self._run_blocks(clips, pooled=False)[0]
+
+    def _encode(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run_blocks(clips, pooled=True)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Official `.pyth` (flat or `model_state`, `backbone.` keys) or mmaction2 (`state_dict`) layout."""
+        sd = {}
+        for k, v in strip_prefixes(read_state_dict(path)).items():
+            if k.startswith(("cls_head.", "transformer.proj.2.")):  # classifier: mmaction2 / official
+                continue
+            sd[k.replace("transformer.proj.0.", "transformer.norm.")] = v  # official LN before the head
+        load_strict(self, sd, path)
+        self.checkpoint, self.checkpoint_sha256 = str(path), sha256_file(path)
+
+
+def build(cfg: dict, name: str, checkpoint: Path | None) -> UniFormerV2:
+    """A UniFormerV2 backbone; random weights (loudly) when `checkpoint` is None."""
+    model = UniFormerV2(name, cfg)
+    if checkpoint is None:
+        warn_random(name)
+    else:
+        if Path(checkpoint).is_dir():
+            from stecache.errors import CheckpointMismatch
+
+            raise CheckpointMismatch(
+                f"checkpoint {checkpoint}: UniFormerV2 needs a file (.pyth/.pth), not a directory"
+            )
+        model.load_checkpoint(Path(checkpoint))
+    return model

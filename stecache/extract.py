@@ -1,0 +1,414 @@
+"""Stage one: run a frozen backbone once over every clip of a dataset into a zarr feature cache.
+
+DataLoader worker processes decode and preprocess clips while the main process runs batched forwards under
+inference_mode and a background thread writes finished shards. Row i of the cache is clip i of the dataset;
+the rows are processed shard by shard and a shard's `done` flags are set only after its features are
+stored, so a killed run (SIGKILL included) resumes where it stopped and ends identical to an uninterrupted
+one. Under torchrun, rank r takes shards r, r+W, r+2W, ... of one shared cache.
+Run: `stecache extract --backbone videomaev2-tiny --data work/synth --cache work/cache.zarr`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .annotations import Clip, Dataset, read_annotations, read_classes
+from .cache import DEFAULT_CODEC, Cache, create_cache, lock, open_cache
+from .config import Config
+from .errors import ExtractionFailed, StecacheError
+from .video import Preprocess, Sampling, load_clip
+
+AUG_SCALE = (0.25, 1.0)  # random-resized-crop area fraction of the short-side square (train views)
+AUG_RATIO = (3 / 4, 4 / 3)  # and its aspect-ratio range; horizontal flip with p = 0.5
+
+
+@dataclass(frozen=True)
+class ExtractConfig(Config):
+    """How to extract; everything that changes the features is recorded in the cache's provenance."""
+
+    batch_size: int = 8  # clips per forward pass (each with all its views)
+    workers: int | None = None  # decoding processes; None = min(2, cpus), 0 = decode in the main process
+    dtype: str = "float16"  # stored dtype: float16 | float32 (compute is always float32 on CPU)
+    test_views: bool = False  # the backbone's multi-view test protocol (clips x crops) instead of 1 view
+    train_views: int = 0  # K extra augmented views per clip (random sampling, crop, flip)
+    seed: int = 0  # seed of the augmented views: view v of row i uses rng(seed, i, v)
+    codec: str = DEFAULT_CODEC  # feature codec of a new cache (see cache.CODECS)
+    shard_size: int | None = None  # clips per shard of a new cache; None = ~128 MB shards
+    allow_failures: bool = False  # finish without error when some clips cannot be decoded
+    device: str | None = None  # None = cuda (rank's local GPU) if available, else cpu
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Views:
+    """The views of one clip: the main protocol (1 or clips x crops) then K augmented ones."""
+
+    sampling: Sampling
+    preprocess: Preprocess
+    train: int
+    seed: int
+
+    @property
+    def count(self) -> int:
+        return self.sampling.num_clips * self.preprocess.num_crops + self.train
+
+    def provenance(self) -> dict:
+        return {
+            "count": self.count,
+            "test": [self.sampling.num_clips, self.preprocess.num_crops],
+            "train": self.train,
+            "train_seed": self.seed if self.train else None,
+            "augment": {"scale": list(AUG_SCALE), "ratio": list(AUG_RATIO), "flip": 0.5}
+            if self.train
+            else None,
+        }
+
+
+def plan_views(backbone: nn.Module, cfg: ExtractConfig) -> Views:
+    """Views per clip from the backbone's protocol and the config."""
+    sampling, preprocess = backbone.sampling, backbone.preprocess
+    if cfg.test_views:
+        clips, crops = backbone.test_views
+        if crops not in (1, 3):
+            raise StecacheError(f"{backbone.name}: test protocol with {crops} crops; only 1 or 3 supported")
+        sampling = sampling.replace(num_clips=clips)
+        preprocess = preprocess.replace(crop="three" if crops == 3 else "center")
+    if cfg.train_views < 0:
+        raise StecacheError(f"--train-views {cfg.train_views}: must be >= 0")
+    return Views(sampling, preprocess, cfg.train_views, cfg.seed)
+
+
+def augment(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """Random resized crop to size² and a random flip: [1, 3, T, S, S] -> [1, 3, T, size, size]."""
+    s = x.shape[-1]
+    area = s * s * rng.uniform(*AUG_SCALE)
+    ratio = math.exp(rng.uniform(math.log(AUG_RATIO[0]), math.log(AUG_RATIO[1])))
+    w = min(s, max(1, round(math.sqrt(area * ratio))))
+    h = min(s, max(1, round(math.sqrt(area / ratio))))
+    top, left = int(rng.integers(0, s - h + 1)), int(rng.integers(0, s - w + 1))
+    crop = x[0, :, :, top : top + h, left : left + w].transpose(0, 1)  # [T, 3, h, w]
+    crop = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    if rng.random() < 0.5:
+        crop = crop.flip(-1)
+    return crop.transpose(0, 1)[None]  # [1, 3, T, size, size]
+
+
+def load_views(path: Path, views: Views, row: int) -> torch.Tensor:
+    """All views of one clip, float32 [V, 3, T, H, W]: main views (crop-major) then augmented ones."""
+    out = [load_clip(path, views.sampling, views.preprocess)]
+    if views.train:
+        p = views.preprocess
+        square = p.replace(crop="center", crop_size=p.short_side) if p.crop != "resize" else p
+        train_sampling = views.sampling.replace(num_clips=1, test_mode=False)
+        for v in range(views.train):
+            rng = np.random.default_rng([views.seed, row, v])
+            out.append(augment(load_clip(path, train_sampling, square, rng), p.crop_size, rng))
+    return torch.cat(out)
+
+
+class _Reader(torch.utils.data.Dataset):
+    """Decodes clip `rows[j]` into its views, or reports why it cannot (runs in DataLoader workers)."""
+
+    def __init__(self, root: Path, clips: Sequence[Clip], rows: Sequence[int], views: Views):
+        self.root, self.clips, self.rows, self.views = root, clips, list(rows), views
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str]:
+        row = self.rows[j]
+        try:
+            return row, load_views(self.root / self.clips[row].path, self.views, row), ""
+        except Exception as e:  # any clip-level failure is recorded in the cache, never fatal for the run
+            return row, None, f"{type(e).__name__}: {e}"
+
+
+def _identity(x):
+    return x
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decoding workers must not compete with the forward pass for cores
+
+
+class _Writer:
+    """A background thread storing finished shards in order; a bounded queue keeps memory flat."""
+
+    def __init__(self, cache: Cache, depth: int = 2):
+        self.cache, self.error = cache, None
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    self.cache.write_shard(*item)
+                except Exception as e:  # re-raised in the main thread by put()/close()
+                    self.error = e
+
+    def put(self, *item) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(item)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _dist() -> tuple[int, int, bool]:
+    """(rank, world size, initialised here): joins torchrun's process group when WORLD_SIZE > 1."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _broadcast(obj, world: int):
+    """Rank 0's `obj` on every rank."""
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def extract(
+    dataset: Dataset,
+    cache_url: str | Path,
+    backbone: str | nn.Module,
+    *,
+    checkpoint: str | Path | None = None,
+    cfg: ExtractConfig = ExtractConfig(),
+) -> dict:
+    """Extract every clip of `dataset` into the cache at `cache_url` (created, or resumed if it exists).
+
+    `backbone` is a name for `backbones.load` or a Backbone-like module. Returns a summary dict; raises
+    ExtractionFailed after finishing if clips failed (unless cfg.allow_failures), CacheMismatch if the cache
+    holds other settings, CacheBusy if another extract is writing it.
+    """
+    rank, world, own_group = _dist()
+    try:
+        return _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world)
+    finally:
+        if own_group:
+            torch.distributed.destroy_process_group()
+
+
+def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict:
+    t0 = time.perf_counter()
+    if cfg.device:
+        device = torch.device(cfg.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device("cpu")
+    if isinstance(backbone, str):
+        from .backbones import load
+
+        backbone = load(backbone, checkpoint, device)
+    else:
+        backbone = backbone.to(device).eval()
+    views = plan_views(backbone, cfg)
+    n, h, w = backbone.grid
+    feature_shape = (n, backbone.channels, h, w)
+    provenance = {
+        "backbone": backbone.provenance(),
+        "sampling": views.sampling.to_dict(),
+        "preprocess": views.preprocess.to_dict(),
+        "views": views.provenance(),
+    }
+    spec = dict(
+        clips=dataset.clips,
+        class_names=dataset.classes,
+        multi_label=dataset.multi_label,
+        feature_shape=feature_shape,
+        num_views=views.count,
+        provenance=provenance,
+        dtype=cfg.dtype,
+        shard_size=cfg.shard_size,
+        codec=cfg.codec,
+    )
+    with contextlib.ExitStack() as stack:
+        failure = None
+        if rank == 0:  # rank 0 alone locks and creates (or checks) the cache; the others follow its verdict
+            try:
+                stack.enter_context(lock(cache_url))
+                create_cache(cache_url, **spec)
+            except StecacheError as e:
+                failure = e
+        failure = _broadcast(failure, world)
+        if failure is not None:
+            raise failure
+        cache = open_cache(cache_url, mode="r+")
+        mine = [s for i, s in enumerate(cache.shards()) if i % world == rank]
+        done = cache.done
+        before = int(done.sum())
+        extracted, failed = _run(cache, mine, done, dataset, backbone, views, cfg, device, rank)
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (extracted, failed))
+            extracted = sum(g[0] for g in gathered)
+            failed = [f for g in gathered for f in g[1]]
+    seconds = time.perf_counter() - t0
+    summary = {
+        "cache": str(cache_url),
+        "clips": len(cache),
+        "done": int(open_cache(cache_url).done.sum()),
+        "already_done": before,
+        "extracted": extracted,
+        "failed": failed,
+        "seconds": round(seconds, 3),
+        "clips_per_s": round(extracted / seconds, 3) if seconds else None,
+    }
+    if failed and not cfg.allow_failures:
+        first = "\n  ".join(f"{cid}: {err}" for cid, err in failed[:5])
+        raise ExtractionFailed(
+            f"{len(failed)} of {len(cache)} clips failed and were skipped ({summary['done']} done); they are "
+            f"recorded in {cache_url} (`stecache info`); fix them and re-run, or pass --allow-failures:\n  "
+            + first
+        )
+    return summary
+
+
+def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tuple[int, list]:
+    """Decode, forward and write this rank's shards; returns (clips extracted, [(clip_id, error)])."""
+    from tqdm import tqdm
+
+    todo = [r for a, b in shards for r in range(a, b) if not done[r]]
+    if not todo:
+        return 0, []
+    workers = min(2, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
+    reader = _Reader(Path(dataset.root), dataset.clips, todo, views)
+    loader = torch.utils.data.DataLoader(
+        reader,
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_identity,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+    )
+    last_of_shard = {max(r for r in range(a, b) if not done[r]) for a, b in shards if not done[a:b].all()}
+    shard_of = {r: (a, b) for a, b in shards for r in range(a, b)}
+    v_shape = (views.count, *cache.feature_shape)
+    writer = _Writer(cache)
+    bar = tqdm(total=len(todo), unit="clip", disable=(None if cfg.progress and rank == 0 else True))
+    buf: dict = {}
+    pending: list[tuple[int, torch.Tensor]] = []
+    extracted, failed = 0, []
+    try:
+        for row, x, err in loader:
+            a, b = shard_of[row]
+            if not buf:  # a new shard: start from what is stored (rows done earlier stay as they are)
+                buf = {
+                    "feats": np.zeros((b - a, *v_shape), dtype=cache.dtype),  # [S, V, n, c, h, w]
+                    "ok": done[a:b].copy(),
+                    "errors": ["" for _ in range(b - a)],
+                }
+                if buf["ok"].any():
+                    buf["feats"][:] = cache.read_views(slice(a, b))
+            if err:
+                buf["errors"][row - a] = err
+                failed.append((dataset.clips[row].clip_id, err))
+            else:
+                pending.append((row, x))
+            if len(pending) == cfg.batch_size or row in last_of_shard:
+                extracted += _forward(backbone, pending, buf, a, v_shape, device)
+                pending = []
+            if row in last_of_shard:
+                feats = buf["feats"]  # [S, V, n, c, h, w]
+                extra = feats[:, 1:] if views.count > 1 else None
+                writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"])
+                buf = {}
+            bar.update(1)
+    finally:
+        bar.close()
+    writer.close()
+    return extracted, failed
+
+
+def _forward(backbone, pending, buf, start, v_shape, device) -> int:
+    """Run one batch of clips (all views) and put the features into the shard buffer."""
+    if not pending:
+        return 0
+    x = torch.stack([t for _, t in pending])  # [B, V, 3, T, H, W]
+    b, v = x.shape[:2]
+    with torch.inference_mode():
+        y = backbone(x.flatten(0, 1).to(device))  # [B*V, n, c, h, w]
+    if tuple(y.shape[1:]) != v_shape[1:]:
+        raise StecacheError(f"{backbone.name}: output {tuple(y.shape[1:])} != expected {v_shape[1:]}")
+    y = y.float().cpu().numpy().reshape(b, v, *v_shape[1:])
+    for (row, _), feats in zip(pending, y, strict=True):
+        buf["feats"][row - start] = feats
+        buf["ok"][row - start] = True
+    return b
+
+
+# ---- datasets from annotation files ----------------------------------------------------------------------
+
+
+def dataset_from_annotations(
+    annotations: dict[str, str | Path], data_root: str | Path, classes: str | Path | None = None
+) -> Dataset:
+    """A Dataset from one annotation file per split (any supported format) and a data root."""
+    class_names = read_classes(classes) if classes else None
+    clips: list[Clip] = []
+    for split, path in annotations.items():
+        clips += read_annotations(path, data_root=data_root, classes=class_names, split=split)
+    if not clips:
+        raise StecacheError(f"no clips in {', '.join(map(str, annotations.values()))}")
+    if class_names is None:
+        k = 1 + max((lab for c in clips for lab in c.labels), default=0)
+        class_names = tuple(str(i) for i in range(k))
+    multi = any(len(c.labels) > 1 for c in clips)
+    return Dataset(root=Path(data_root), classes=tuple(class_names), clips=tuple(clips), multi_label=multi)
+
+
+# ---- defaults of the command line ------------------------------------------------------------------------
+
+WORK = Path("work")  # relative to the working directory, like `make demo`
+LAST_CACHE = WORK / "last_cache"  # holds the path of the cache `stecache extract` made last
+
+
+def default_cache_path(backbone: str) -> Path:
+    """work/cache-<backbone>.zarr, with image:<dir> named after the directory."""
+    if backbone.startswith("image:"):
+        backbone = "image-" + Path(backbone.removeprefix("image:")).name
+    return WORK / f"cache-{backbone}.zarr"
+
+
+def remember_cache(url: str | Path) -> None:
+    """Record `url` as the cache made last (what train-head uses without --cache)."""
+    LAST_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    LAST_CACHE.write_text(f"{url}\n")
+
+
+def last_cache() -> str | None:
+    """The cache `stecache extract` made last in this working directory, if any."""
+    return LAST_CACHE.read_text().strip() or None if LAST_CACHE.is_file() else None

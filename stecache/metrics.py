@@ -1,0 +1,124 @@
+"""Evaluation metrics as pure numpy functions: probabilities and labels in, plain dicts out.
+
+Multi-label (TinyVIRAT): macro-F1 over all K classes on binary predictions is the challenge's ranking
+metric ("F1-score averaged over each class"). Where a ratio is 0/0 (a class with no positives and no
+predictions, or an all-negative sample predicted all-negative) it counts as `zero_division` = 0, exactly
+like scikit-learn's default; the official scorer is not public, so this is our documented choice.
+mAP averages the per-class average precision over classes that have at least one positive.
+Single-label: Acc@1, Acc@k, mean class accuracy (over classes present), confusion matrix (rows = truth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)  # global thresholds tried on val
+
+
+def _div(num: np.ndarray, den: np.ndarray, zero_division: float) -> np.ndarray:
+    """num / den elementwise, `zero_division` where den == 0."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    out = np.full(np.broadcast(num, den).shape, float(zero_division))
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def per_class_prf(pred: np.ndarray, target: np.ndarray, zero_division: float = 0.0) -> dict:
+    """Per-class precision, recall, F1 and support of binary predictions [N, K] against targets [N, K]."""
+    pred, target = np.asarray(pred).astype(bool), np.asarray(target).astype(bool)
+    tp = (pred & target).sum(0)
+    fp = (pred & ~target).sum(0)
+    fn = (~pred & target).sum(0)
+    return {
+        "precision": _div(tp, tp + fp, zero_division),
+        "recall": _div(tp, tp + fn, zero_division),
+        "f1": _div(2 * tp, 2 * tp + fp + fn, zero_division),
+        "support": target.sum(0).astype(np.int64),
+    }
+
+
+def average_precision(scores: np.ndarray, target: np.ndarray) -> float:
+    """AP of one class: sum over distinct thresholds of (R_i - R_{i-1}) * P_i; NaN with no positives."""
+    scores, target = np.asarray(scores, dtype=np.float64), np.asarray(target).astype(bool)
+    n_pos = int(target.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    s, t = scores[order], target[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # last index of each run of tied scores
+    tp = np.cumsum(t)[last]
+    precision = tp / (last + 1)
+    recall = tp / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def multilabel_metrics(
+    probs: np.ndarray, target: np.ndarray, threshold: float = 0.5, zero_division=0.0
+) -> dict:
+    """All multi-label metrics of probabilities [N, K] vs multi-hot targets [N, K] at one global threshold."""
+    probs, target = np.asarray(probs, dtype=np.float64), np.asarray(target).astype(bool)
+    pred = probs >= threshold
+    pc = per_class_prf(pred, target, zero_division)
+    tp, fp, fn = (pred & target).sum(), (pred & ~target).sum(), (~pred & target).sum()
+    tp_s, fp_s, fn_s = (pred & target).sum(1), (pred & ~target).sum(1), (~pred & target).sum(1)
+    aps = np.array([average_precision(probs[:, k], target[:, k]) for k in range(target.shape[1])])
+    return {
+        "threshold": float(threshold),
+        "macro_f1": float(pc["f1"].mean()),
+        "macro_precision": float(pc["precision"].mean()),
+        "macro_recall": float(pc["recall"].mean()),
+        "micro_f1": float(_div(2 * tp, 2 * tp + fp + fn, zero_division)),
+        "micro_precision": float(_div(tp, tp + fp, zero_division)),
+        "micro_recall": float(_div(tp, tp + fn, zero_division)),
+        "sample_f1": float(_div(2 * tp_s, 2 * tp_s + fp_s + fn_s, zero_division).mean()),
+        "mAP": float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan"),
+        "per_class": {k: v.tolist() for k, v in pc.items()} | {"ap": aps.tolist()},
+    }
+
+
+def tune_threshold(probs: np.ndarray, target: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> float:
+    """The global threshold in `grid` with the best macro-F1 (ties: the one closest to 0.5, then lowest)."""
+    probs, target = np.asarray(probs), np.asarray(target).astype(bool)
+    scores = [per_class_prf(probs >= t, target)["f1"].mean() for t in grid]
+    best = max(scores)
+    ties = [t for t, s in zip(grid, scores, strict=True) if s == best]
+    return float(min(ties, key=lambda t: (abs(t - 0.5), t)))
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """[K, K] counts, row = true class, column = predicted class."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(target), np.asarray(pred)), 1)
+    return cm
+
+
+def singlelabel_metrics(probs: np.ndarray, target: np.ndarray, topk: int = 5) -> dict:
+    """Acc@1, Acc@5 (top-min(topk, K)), mean class accuracy, confusion: probs [N, K] vs labels [N]."""
+    probs, target = np.asarray(probs, dtype=np.float64), np.asarray(target).astype(np.int64)
+    n, num_classes = probs.shape
+    k = min(topk, num_classes)
+    ranked = np.argsort(-probs, axis=1, kind="stable")  # ties: lower class index first
+    top1 = ranked[:, 0]
+    hit_k = (ranked[:, :k] == target[:, None]).any(1)
+    cm = confusion_matrix(top1, target, num_classes)
+    support = cm.sum(1)
+    per_class_acc = _div(np.diag(cm), support, np.nan)
+    return {
+        "acc1": float((top1 == target).mean()) if n else float("nan"),
+        "acc5": float(hit_k.mean()) if n else float("nan"),  # top-min(5, K)
+        "mean_class_acc": float(np.nanmean(per_class_acc)) if (support > 0).any() else float("nan"),
+        "per_class": {"acc": per_class_acc.tolist(), "support": support.tolist()},
+        "confusion": cm.tolist(),
+    }
+
+
+def evaluate_probs(probs: np.ndarray, target: np.ndarray, multi_label: bool, threshold: float = 0.5) -> dict:
+    """Dispatch: multi-label metrics at `threshold` (multi-hot [N, K] target) or single-label ([N] target)."""
+    if multi_label:
+        return multilabel_metrics(probs, target, threshold)
+    return singlelabel_metrics(probs, target)
+
+
+def main_metric(multi_label: bool) -> str:
+    """The metric a run is selected on: macro-F1 for multi-label caches, Acc@1 for single-label."""
+    return "macro_f1" if multi_label else "acc1"

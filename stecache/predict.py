@@ -1,0 +1,443 @@
+"""Use a trained run: backbone + head end to end on new videos, as clips or as a timeline over long ones.
+
+`load_predictor(run)` rebuilds the run's backbone from the provenance of the cache it was trained on (a
+`checkpoint` must have the recorded sha256; random-weight backbones are rebuilt from their fixed seed) and
+its head from best.safetensors. Videos are decoded, sampled and cropped exactly as the cache's test views
+were, and probabilities (softmax, or sigmoid for multi-label) are averaged over the views like mmaction2's
+`average_clip='prob'`. `predict_files` batches many files and reports bad ones without stopping;
+`timeline` slides a window over a long video. CLI: `stecache predict RUN VIDEO_OR_DIR... [--window 2]`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import CacheMismatch, CheckpointMismatch, StecacheError, VideoError
+from .video import Preprocess, Sampling, frame_indices, load_clip, preprocess_frames
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".mts", ".ts")
+
+
+class RunError(StecacheError):
+    """A run folder that cannot be used for prediction (missing files, unknown layout)."""
+
+
+@dataclass
+class Predictor:
+    """A run's backbone + head with the cache's frame sampling and preprocessing."""
+
+    backbone: nn.Module
+    head: nn.Module
+    sampling: Sampling  # num_clips = the test views' clips
+    preprocess: Preprocess  # crop = "three" when the test views have 3 crops
+    num_views: int  # views averaged per clip: all test views, or 1 (the run's test_views="first")
+    class_names: tuple[str, ...]
+    multi_label: bool
+    threshold: float  # multi-label: the run's val-tuned threshold (0.5 if none)
+    run: Path
+    batch_size: int = 16  # views per backbone forward
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
+
+    @torch.inference_mode()
+    def logits(self, clips: torch.Tensor) -> torch.Tensor:
+        """Normalised clips [M, 3, T, H, W] -> logits [M, K], in chunks of batch_size."""
+        out = []
+        for x in clips.split(self.batch_size):
+            out.append(self.head(self.backbone(x.to(self.device))).float().cpu())  # [m, K]
+        return torch.cat(out)
+
+    def probs(self, views: torch.Tensor) -> torch.Tensor:
+        """Views [B, V, 3, T, H, W] -> probabilities [B, K] averaged over V (mmaction2 'prob')."""
+        b, v = views.shape[:2]
+        logits = self.logits(views.flatten(0, 1)).view(b, v, -1)  # [B, V, K]
+        p = torch.sigmoid(logits) if self.multi_label else logits.softmax(-1)
+        return p.mean(1)
+
+    def load(self, path: str | Path) -> torch.Tensor:
+        """The views of one video, float32 [V, 3, T, H, W], exactly as the cache's views were made."""
+        return load_clip(path, self.sampling, self.preprocess)[: self.num_views]
+
+    def predicted(self, probs: np.ndarray) -> list[int]:
+        """Predicted class indices: the arg-max, or every class at/above the threshold (multi-label)."""
+        if self.multi_label:
+            return [int(k) for k in np.flatnonzero(probs >= self.threshold)]
+        return [int(np.argmax(probs))]
+
+
+# ---- rebuilding a run ------------------------------------------------------------------------------------
+
+
+def read_run(run: str | Path) -> dict:
+    """A run folder's config.json record, with `cache_attrs` (read from the cache if not stored)."""
+    run = Path(run)
+    cfg_file, weights = run / "config.json", run / "best.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise RunError(f"{run}: not a trained run (needs config.json and best.safetensors from train-head)")
+    try:
+        rec = json.loads(cfg_file.read_text())
+        rec["config"], rec["cache"]  # noqa: B018 - the keys every run has
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RunError(f"{cfg_file}: not a run config ({type(e).__name__}: {e})") from None
+    if not rec.get("cache_attrs"):
+        from .cache import open_cache
+
+        rec["cache_attrs"] = open_cache(rec["cache"]["url"]).attrs
+    return rec
+
+
+def load_head(run: str | Path, rec: dict | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """The run's best head, eval mode, on `device`."""
+    from safetensors.torch import load_file
+
+    from .heads import build_head
+    from .train import TrainConfig
+
+    rec = rec or read_run(run)
+    cfg, attrs = TrainConfig.from_dict(rec["config"]), rec["cache_attrs"]
+    head = build_head(
+        cfg.head, tuple(attrs["feature_shape"]), len(attrs["class_names"]), cfg.depth, **cfg.head_options
+    )
+    head.load_state_dict(load_file(str(Path(run) / "best.safetensors")))
+    return head.requires_grad_(False).eval().to(device)
+
+
+def load_backbone(prov: dict, checkpoint: str | Path | None = None, device="cpu") -> nn.Module:
+    """The backbone a cache was extracted with, from its provenance; the checkpoint must match its sha256."""
+    from .backbones import load
+
+    name, weights = prov["name"], prov.get("weights", "random")
+    if weights == "random" and checkpoint is not None:
+        raise CheckpointMismatch(
+            f"--checkpoint {checkpoint}: this run's cache was extracted with random {name} weights; drop it"
+        )
+    if weights != "random" and checkpoint is None and not name.startswith("image:"):
+        raise CheckpointMismatch(
+            f"this run's cache was extracted with {name} checkpoint {prov.get('checkpoint')} "
+            f"(sha256 {weights}); pass --checkpoint PATH to that file"
+        )
+    backbone = load(name, checkpoint, device)
+    got = backbone.provenance()
+    if got.get("weights", "random") != weights:
+        raise CheckpointMismatch(
+            f"{checkpoint or name}: weights sha256 {got.get('weights')} != {weights} recorded in the cache; "
+            "predictions would not match the trained head"
+        )
+    diff = sorted(k for k in prov if k != "checkpoint" and got.get(k) != prov[k])
+    if diff:
+        raise CacheMismatch(
+            f"backbone {name} built by this stecache differs from the cache's in {', '.join(diff)}: "
+            "the code changed since extraction; re-extract the cache and re-train"
+        )
+    return backbone
+
+
+def load_predictor(
+    run: str | Path,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    backbone: nn.Module | None = None,
+) -> Predictor:
+    """Backbone + head + preprocessing of `run`; `backbone` overrides the rebuilt one (tests, reuse)."""
+    from .train import TrainConfig
+
+    rec = read_run(run)
+    attrs = rec["cache_attrs"]
+    if "backbone" not in attrs or not isinstance(attrs["backbone"], dict):
+        raise RunError(f"{run}: its cache records no backbone provenance (imported features?); cannot predict")
+    prov = attrs["backbone"]
+    sampling = Sampling.from_dict(attrs.get("sampling", prov["sampling"]))
+    preprocess = Preprocess.from_dict(attrs.get("preprocess", prov["preprocess"]))
+    views = attrs.get("views") or {}
+    clips, crops = views.get("test", [sampling.num_clips, preprocess.num_crops])
+    if (clips, crops) != (sampling.num_clips, preprocess.num_crops):
+        raise RunError(f"{run}: cache views {views} disagree with its sampling/preprocess attributes")
+    cfg = TrainConfig.from_dict(rec["config"])
+    num_views = clips * crops if cfg.test_views == "all" else 1
+    metrics = Path(run) / "metrics.json"
+    threshold = 0.5
+    if metrics.is_file():
+        threshold = float(json.loads(metrics.read_text()).get("threshold", 0.5))
+    if backbone is None:
+        backbone = load_backbone(prov, checkpoint, device)
+    return Predictor(
+        backbone=backbone.eval(),
+        head=load_head(run, rec, device),
+        sampling=sampling,
+        preprocess=preprocess,
+        num_views=num_views,
+        class_names=tuple(attrs["class_names"]),
+        multi_label=bool(attrs["multi_label"]),
+        threshold=threshold,
+        run=Path(run),
+    )
+
+
+# ---- many files --------------------------------------------------------------------------------------------
+
+
+def expand_inputs(items: list[str | Path]) -> list[Path]:
+    """Files as given, and the video files (by suffix) under each directory, sorted."""
+    out: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+            if not found:
+                raise StecacheError(f"{item}: directory holds no video files ({', '.join(VIDEO_SUFFIXES)})")
+            out += found
+        else:
+            out.append(item)  # a missing file becomes a per-file MissingVideo, not a fatal error
+    return out
+
+
+class _Loader(torch.utils.data.Dataset):
+    """Loads the views of file j, or the reason it cannot (runs in DataLoader workers)."""
+
+    def __init__(self, pred: Predictor, paths: list[Path]):
+        self.sampling, self.preprocess, self.v, self.paths = pred.sampling, pred.preprocess, pred.num_views, paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, j: int):
+        try:
+            return j, load_clip(self.paths[j], self.sampling, self.preprocess)[: self.v], ""
+        except (VideoError, ValueError, OSError) as e:
+            return j, None, f"{type(e).__name__}: {e}"
+
+
+def predict_files(
+    pred: Predictor, paths: list[Path], batch_size: int = 4, workers: int = 0, progress: bool = True
+) -> list[dict]:
+    """One result per file, in order: {"path", "probs" [K] or None, "error" or None}; bad files are skipped."""
+    from tqdm import tqdm
+
+    loader = torch.utils.data.DataLoader(
+        _Loader(pred, paths), batch_size=None, num_workers=workers, collate_fn=lambda x: x
+    )
+    results: list[dict] = [{"path": str(p), "probs": None, "error": None} for p in paths]
+    pending: list[tuple[int, torch.Tensor]] = []
+
+    def flush():
+        if pending:
+            probs = pred.probs(torch.stack([x for _, x in pending])).numpy()  # [B, K]
+            for (j, _), p in zip(pending, probs, strict=True):
+                results[j]["probs"] = p.astype(np.float64)
+            pending.clear()
+
+    with tqdm(total=len(paths), unit="video", disable=None if progress else True) as bar:
+        for j, x, err in loader:
+            if err:
+                results[j]["error"] = err
+                bar.write(f"skipped {paths[j]}: {err}")
+            else:
+                pending.append((j, x))
+                if len(pending) == batch_size:
+                    flush()
+            bar.update(1)
+        flush()
+    return results
+
+
+def rows(pred: Predictor, results: list[dict], top_k: int = 5) -> list[dict]:
+    """JSON-able records: path, top-k classes with scores, predicted labels, error."""
+    out = []
+    for r in results:
+        rec: dict = {"path": r["path"], "error": r["error"], "top": [], "predicted": []}
+        if r["probs"] is not None:
+            p = r["probs"]
+            order = np.argsort(-p, kind="stable")[:top_k]
+            rec["top"] = [{"class": pred.class_names[k], "score": round(float(p[k]), 6)} for k in order]
+            rec["predicted"] = [pred.class_names[k] for k in pred.predicted(p)]
+        out.append(rec)
+    return out
+
+
+def format_rows(records: list[dict], fmt: str = "table", multi_label: bool = False, threshold=0.5) -> str:
+    """Render `rows(...)` as a readable table, JSON or CSV."""
+    if fmt == "json":
+        return json.dumps(records, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "rank", "class", "score", "predicted", "error"])
+        for r in records:
+            if r["error"]:
+                w.writerow([r["path"], "", "", "", "", r["error"]])
+            for i, t in enumerate(r["top"], 1):
+                w.writerow([r["path"], i, t["class"], f"{t['score']:.6f}", int(t["class"] in r["predicted"]), ""])
+        return buf.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ValueError(f"format {fmt!r}: expected table, json or csv")
+    width = max([len(t["class"]) for r in records for t in r["top"]] + [5])
+    mark = f"* = score >= threshold {threshold:.2f}" if multi_label else "* = predicted"
+    lines = [f"{len(records)} video(s); {mark}"]
+    for r in records:
+        lines.append(r["path"])
+        if r["error"]:
+            lines.append(f"  FAILED  {r['error']}")
+        for i, t in enumerate(r["top"], 1):
+            star = "*" if t["class"] in r["predicted"] else " "
+            lines.append(f"  {i:>2}  {t['class']:<{width}}  {100 * t['score']:6.2f}%  {star}")
+        if multi_label and not r["error"]:
+            lines.append(f"  labels: {', '.join(r['predicted']) or '(none above threshold)'}")
+    return "\n".join(lines)
+
+
+# ---- long videos: a timeline of windows ------------------------------------------------------------------
+
+
+def video_info(path: str | Path) -> tuple[int, float]:
+    """(frames, frames per second) of a video's first stream."""
+    from .video import _open, count_frames
+
+    container, stream = _open(path)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate
+    if not rate:
+        raise VideoError(f"{path}: the video stream has no frame rate; cannot place windows in time")
+    return count_frames(path), float(rate)
+
+
+def windows(total: int, fps: float, window: float, stride: float) -> list[tuple[int, int]]:
+    """[start, stop) frame ranges of `window`-second windows every `stride` seconds; the last one ends the video."""
+    if window <= 0 or stride <= 0:
+        raise StecacheError(f"--window {window} and --stride {stride} must be > 0 seconds")
+    length, step = max(1, round(window * fps)), max(1, round(stride * fps))
+    if length >= total:
+        return [(0, total)]
+    starts = list(range(0, total - length + 1, step))
+    if starts[-1] != total - length:
+        starts.append(total - length)  # cover the tail
+    return [(s, s + length) for s in starts]
+
+
+def _stream(path: Path, needed: set[int], last: int):
+    """Yield (index, uint8 [H, W, 3]) for needed frame indices, decoding the video once, in order."""
+    import av  # the decode loop lives here so long videos are read once; errors become CorruptVideo
+
+    from .errors import CorruptVideo
+    from .video import _open
+
+    container, stream = _open(path)
+    i = -1
+    with container:
+        try:
+            for i, frame in enumerate(container.decode(stream)):
+                if i in needed:
+                    yield i, frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    return
+        except av.FFmpegError as e:
+            raise CorruptVideo(f"{path}: decoding failed after {i + 1} frames ({e})") from None
+    raise CorruptVideo(f"{path}: stream ended after {i + 1} frames; frame {last} was needed (truncated?)")
+
+
+def timeline(pred: Predictor, path: str | Path, window: float, stride: float, progress=True) -> dict:
+    """Per-window probabilities of a long video: {"fps", "frames", "windows": [{start, end, probs}]}."""
+    from tqdm import tqdm
+
+    total, fps = video_info(path)
+    spans = windows(total, fps, window, stride)
+    s = pred.sampling
+    idx = [frame_indices(s, b - a) + a for a, b in spans]  # each [clips, T], absolute frame numbers
+    last_use: dict[int, int] = {}
+    for w, ix in enumerate(idx):
+        for f in ix.reshape(-1).tolist():
+            last_use[f] = w
+    frames: dict[int, torch.Tensor] = {}  # frame -> [crops, 3, 1, S, S], preprocessed once
+    out, pending, w = [], [], 0
+    bar = tqdm(total=len(spans), unit="window", disable=None if progress else True)
+
+    def flush():
+        if pending:
+            probs = pred.probs(torch.stack([x for _, x in pending])).numpy()
+            for (k, _), p in zip(pending, probs, strict=True):
+                a, b = spans[k]
+                out.append({"start": a / fps, "end": b / fps, "probs": p.astype(np.float64).tolist()})
+            bar.update(len(pending))
+            pending.clear()
+
+    for f, rgb in _stream(Path(path), set(last_use), max(last_use)):
+        frames[f] = preprocess_frames(rgb[None], 1, pred.preprocess)  # [crops, 3, 1, S, S]
+        while w < len(spans) and all(i in frames for i in idx[w].reshape(-1).tolist()):
+            pending.append((w, _assemble(frames, idx[w])[: pred.num_views]))
+            for i in [i for i in frames if last_use[i] <= w]:
+                del frames[i]
+            w += 1
+            if len(pending) == 8:
+                flush()
+    flush()
+    bar.close()
+    return {"path": str(path), "fps": fps, "frames": total, "window": window, "stride": stride, "windows": out}
+
+
+def _assemble(frames: dict[int, torch.Tensor], ix: np.ndarray) -> torch.Tensor:
+    """Views [crops*clips, 3, T, S, S] (crop-major) from per-frame crops; ix is [clips, T]."""
+    clips = [torch.cat([frames[i] for i in row.tolist()], dim=2) for row in ix]  # each [crops, 3, T, S, S]
+    return torch.stack(clips, 1).flatten(0, 1)  # [crops, clips, ...] -> [V, 3, T, S, S]
+
+
+def write_timeline(result: dict, class_names, out_dir: str | Path, multi_label=False, threshold=0.5) -> list[Path]:
+    """timeline CSV + JSON + PNG for one video into out_dir; returns the written paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(result["path"]).stem
+    ws = result["windows"]
+    probs = np.array([w["probs"] for w in ws])  # [W, K]
+    top = probs.argmax(1)
+    js = {**result, "class_names": list(class_names), "multi_label": multi_label, "threshold": threshold}
+    js["windows"] = [
+        {"start": round(w["start"], 4), "end": round(w["end"], 4), "top": class_names[t], "score": float(p[t]),
+         "scores": {c: round(float(x), 6) for c, x in zip(class_names, p, strict=True)}}
+        for w, p, t in zip(ws, probs, top, strict=True)
+    ]  # fmt: skip
+    paths = [out_dir / f"{stem}.timeline.json", out_dir / f"{stem}.timeline.csv", out_dir / f"{stem}.timeline.png"]
+    paths[0].write_text(json.dumps(js, indent=2) + "\n")
+    with open(paths[1], "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["start", "end", "top", "score", *class_names])
+        for w, p, t in zip(ws, probs, top, strict=True):
+            wr.writerow([f"{w['start']:.3f}", f"{w['end']:.3f}", class_names[t], f"{p[t]:.6f}"] + [f"{x:.6f}" for x in p])
+    _plot(ws, probs, class_names, result, paths[2], multi_label, threshold)
+    return paths
+
+
+def _plot(ws, probs, class_names, result, path: Path, multi_label: bool, threshold: float) -> None:
+    """Heat map of class scores over time (window centres), top class per window marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = np.array([(w["start"] + w["end"]) / 2 for w in ws])
+    k = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 0.3 * len(ws) + 4)), 1.0 + 0.35 * k))
+    half = result["stride"] / 2
+    im = ax.imshow(
+        probs.T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
+        extent=(centres[0] - half, centres[-1] + half, -0.5, k - 0.5),
+    )  # fmt: skip
+    if multi_label:
+        ys, xs = np.nonzero(probs.T >= threshold)
+        ax.scatter(centres[xs], ys, marker="s", s=12, c="w", label=f"score >= {threshold:.2f}")
+    else:
+        ax.scatter(centres, probs.argmax(1), marker="o", s=12, c="w", label="top class")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("time (s), window centre")
+    ax.set_title(f"{Path(result['path']).name}: {result['window']} s windows every {result['stride']} s")
+    ax.legend(loc="upper right", fontsize="small")
+    fig.colorbar(im, ax=ax, label="probability")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

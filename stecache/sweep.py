@@ -1,0 +1,365 @@
+"""Many head configurations trained in one pass over a cache: the ablation engine behind `stecache ablate`.
+
+`plan` expands a grid (Tables I–III presets or head specs × seeds × any TrainConfig field) over caches.
+`run_sweep` groups the jobs by cache and data key (the fields that fix the batch stream: seed, batch size,
+epochs, sampler, views) and, within a group, by a memory cap; each group is ONE loader whose every batch goes
+to every head, each with its own AdamW, lr schedule, loss and torch RNG stream (swapped in around its step),
+so a head trains exactly as `train.train` would alone. Run folders and the results.jsonl line are
+train.py's (same names, same `finish`: best epoch on val, test once). Finished runs are skipped; a killed
+group resumes from its heads' last.pt. Python: `run_sweep(plan(["c.zarr"], tables="I,II,III"), "runs/x")`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data as D
+from . import metrics as M
+from . import train as T
+from .errors import StecacheError
+
+log = logging.getLogger(__name__)
+
+# Table presets: head specs; Table I runs on every cache, II and III on the first cache only.
+# The patch_base_classifier row of Table II is `ste` at depth 0 (the same head; report.py maps it).
+TABLES = {"I": ("meanfc", "tr:1", "ste:1"), "II": ("meanfc", "ste:0", "stemean:1", "ste:1"), "III": ("ste:0-4",)}
+# TrainConfig fields that only change a head, not the batches it sees; every other field is a data key
+HEAD_FIELDS = {"head", "depth", "head_options", "lr", "warmup_epochs", "weight_decay", "tune_threshold"}
+
+
+class SweepError(StecacheError):
+    """A sweep specification that cannot be expanded (bad head spec, table name or grid value)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of the sweep: a TrainConfig on a cache."""
+
+    cache: str
+    cfg: T.TrainConfig
+
+
+# ---- the grid ------------------------------------------------------------------------------------------
+
+
+def parse_heads(spec: str | list[str]) -> list[tuple[str, int | None]]:
+    """"meanfc,tr:1,ste:0-4" -> [(meanfc, None), (tr, 1), (ste, 0), ..., (ste, 4)]."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for item in (s.strip() for s in items if s.strip()):
+        name, _, depths = item.partition(":")
+        try:
+            if not depths:
+                out.append((name, None))
+            elif "-" in depths:
+                lo, hi = (int(v) for v in depths.split("-"))
+                out += [(name, d) for d in range(lo, hi + 1)]
+            else:
+                out.append((name, int(depths)))
+        except ValueError:
+            raise SweepError(f"head spec {item!r}: expected NAME, NAME:DEPTH or NAME:LO-HI (e.g. ste:0-4)") from None
+    return out
+
+
+def plan(
+    caches: list[str],
+    tables: str | None = None,
+    heads: str | list[str] | None = None,
+    seeds: list[int] = (0,),
+    base: dict | None = None,
+    grid: dict[str, list] | None = None,
+) -> list[Job]:
+    """Jobs for table presets (I on every cache, II/III on the first) and/or head specs × seeds × grid."""
+    from .heads import valid_depths
+
+    if not caches:
+        raise SweepError("no cache given; name one or more caches made by `stecache extract`")
+    names = [t.strip().upper() for t in tables.split(",") if t.strip()] if tables else []
+    bad = [t for t in names if t not in TABLES]
+    if bad:
+        raise SweepError(f"--tables {','.join(bad)}: known tables are {', '.join(TABLES)}")
+    extra = parse_heads(heads) if heads else []
+    if not names and not extra:
+        raise SweepError("nothing to sweep: give --tables (e.g. I,II,III) or --heads (e.g. meanfc,ste:0-4)")
+    grid = dict(grid or {})
+    fields = set(T.TrainConfig.__dataclass_fields__)
+    unknown = sorted(set(grid) - fields)
+    if unknown:
+        raise SweepError(f"--set {unknown}: not TrainConfig fields; known: {', '.join(sorted(fields))}")
+    jobs: dict[tuple, Job] = {}
+    for i, cache in enumerate(caches):
+        specs = [h for t in names if t == "I" or i == 0 for h in parse_heads(list(TABLES[t]))] + extra
+        for (head, depth), seed, values in itertools.product(specs, seeds, itertools.product(*grid.values())):
+            depth = valid_depths(head)[0] if depth is None else depth
+            try:
+                cfg = T.TrainConfig.from_dict({**(base or {}), **dict(zip(grid, values, strict=True)),
+                                              "head": head, "depth": depth, "seed": int(seed)})  # fmt: skip
+            except (TypeError, ValueError) as e:
+                raise SweepError(f"bad sweep setting: {e}") from None
+            jobs.setdefault((cache, T.fingerprint(cfg.to_dict())), Job(str(cache), cfg))
+    return list(jobs.values())
+
+
+def data_key(cfg: T.TrainConfig) -> str:
+    """The fields that fix the batch stream; jobs with equal keys on one cache can share one loader."""
+    return T.fingerprint({k: v for k, v in cfg.to_dict().items() if k not in HEAD_FIELDS})
+
+
+# ---- memory --------------------------------------------------------------------------------------------
+
+
+def estimate_bytes(cfg: T.TrainConfig, feature_shape, num_classes: int) -> tuple[int, int]:
+    """(persistent, transient) bytes of one head: params + 2 AdamW moments; grads + saved activations.
+
+    Measured by a forward on the meta device that adds up every tensor autograd saves for the backward
+    (an upper bound: saved weights are counted too). Heads step one after another, so transients do not add.
+    """
+    from .heads import build_head
+
+    with torch.device("meta"):
+        head = build_head(cfg.head, feature_shape, num_classes, cfg.depth, **cfg.head_options)
+        x = torch.empty(cfg.batch_size, *feature_shape)
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        head(x)
+    params = sum(p.numel() * 4 for p in head.parameters())
+    return 3 * params, params + saved[0]
+
+
+def group_by_memory(sizes: list[tuple[int, int]], cap: int) -> list[list[int]]:
+    """Indices packed first-fit (largest first) so that Σ persistent + max transient ≤ cap per group."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sum(sizes[i])):
+        for g in groups:
+            if sum(sizes[j][0] for j in g + [i]) + max(sizes[j][1] for j in g + [i]) <= cap:
+                g.append(i)
+                break
+        else:
+            groups.append([i])  # alone, even if over the cap (then it is a plain single run)
+    return [sorted(g) for g in groups]
+
+
+def default_memory(device) -> int:
+    """Bytes heads may take: 90 % of free GPU memory, else the RAM limit of data.py (half of free RAM)."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0] * 0.9)
+    return D.ram_limit()
+
+
+# ---- one pass ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadRun:
+    """One head's training state inside a shared pass: what `train.train` keeps in local variables."""
+
+    cfg: T.TrainConfig
+    out: Path
+    head: torch.nn.Module
+    opt: torch.optim.Optimizer
+    rng: torch.Tensor  # this head's CPU RNG state (dropout, drop-path), swapped in around its steps
+    cuda_rng: torch.Tensor | None = None
+    history: list = field(default_factory=list)
+    best: float = -math.inf
+    best_epoch: int = -1
+    start: int = 0
+    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, n: int, lr: float, multi: bool) -> None:
+        """One optimiser step on batch xb [b, n, c, h, w] with this head's own RNG stream."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, xb.device)
+        loss = T.loss_fn(self.head(xb), yb, multi)
+        (loss * 1 / n).backward()  # as train.train with world size 1
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.rng = torch.get_rng_state()
+        if self.cuda_rng is not None:
+            self.cuda_rng = torch.cuda.get_rng_state(xb.device)
+        self.loss_sum += torch.tensor([loss.item(), n], dtype=torch.float64)
+
+
+def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadRun:
+    """Build head + AdamW exactly as train.train does; resume from out/last.pt when it is this run's."""
+    head = T.make_head(cfg, cache).to(device)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+        lr=cfg.scaled_lr,
+    )  # fmt: skip
+    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    run = HeadRun(cfg, out, head, opt, torch.get_rng_state(), cuda)
+    identity = {"config": cfg.to_dict(), "cache": {"url": str(cache.url), "fingerprint": cache.fingerprint}}
+    state = T._resume_state(out, identity, None)
+    out.mkdir(parents=True, exist_ok=True)
+    record = identity | {"cache_attrs": cache.attrs, "failed_clips": failed, "world_size": 1}
+    T._save(json.dumps(record, indent=2, default=str) + "\n", out / "config.json")
+    if state is not None:
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        run.rng = state["rng"]
+        run.history, run.best, run.best_epoch, run.start = (
+            state["history"], state["best"], state["best_epoch"], state["epoch"])  # fmt: skip
+    return run
+
+
+@torch.no_grad()
+def predict_many(heads: list, split: D.SplitData, multi: bool, batch_size: int = 64, device="cpu") -> list:
+    """`train.predict` for several heads in one pass over the split: probabilities [M, K] per head."""
+    for h in heads:
+        h.eval()
+    outs: list[list] = [[] for _ in heads]
+    for _, x in D.batches(split, np.arange(len(split)), batch_size):  # x: [b, V, n, c, h, w]
+        x = D.to_tensor(x, device)
+        for h, out in zip(heads, outs, strict=True):
+            logits = torch.stack([h(x[:, v]) for v in range(x.shape[1])], 1)  # [b, V, K]
+            probs = torch.sigmoid(logits) if multi else logits.softmax(-1)
+            out.append(probs.mean(1).cpu().numpy())
+    return [np.concatenate(o).astype(np.float64) for o in outs]
+
+
+def train_group(runs: list[HeadRun], cache, train_split, val_split, device, progress: bool = True) -> None:
+    """Train heads sharing one data key side by side: one loader per epoch, every batch to every head."""
+    from tqdm import tqdm
+
+    cfg, multi = runs[0].cfg, bool(cache.multi_label)
+    assert len({r.start for r in runs}) == 1 and len({data_key(r.cfg) for r in runs}) == 1
+    targets = torch.from_numpy(train_split.targets(multi))
+    weights = D.sample_weights(train_split.labels) if cfg.balanced else None
+    steps = math.ceil(len(train_split) / cfg.batch_size)
+    key = M.main_metric(multi)
+    for epoch in range(runs[0].start, cfg.epochs):
+        t0, wait = time.perf_counter(), 0.0
+        order = D.epoch_rows(len(train_split), cfg.seed, epoch, weights)
+        views = D.epoch_views(len(train_split), train_split.views, cfg.seed, epoch)
+        it = D.prefetch(D.batches(train_split, order, cfg.batch_size, views, cfg.seed + epoch))
+        for r in runs:
+            r.head.train()
+            r.loss_sum.zero_()
+        for i in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs} × {len(runs)} heads", leave=False,
+                      disable=None if progress else True):  # fmt: skip
+            tw = time.perf_counter()
+            pos, x = next(it)
+            wait += time.perf_counter() - tw
+            xb, yb = D.to_tensor(x[:, 0], device), targets[pos].to(device)
+            for r in runs:
+                r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi)
+        probs = predict_many([r.head for r in runs], val_split, multi, device=device)
+        seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
+        for r, p in zip(runs, probs, strict=True):
+            val = M.evaluate_probs(p, val_split.targets(multi), multi)
+            lr = T.lr_at(r.cfg, epoch * steps + steps - 1, steps)
+            entry = {"epoch": epoch + 1, "loss": float(r.loss_sum[0] / r.loss_sum[1]), "lr": lr,
+                     "val": T._summary(val), "seconds": seconds, "data_wait_seconds": wait / len(runs),
+                     "heads_in_pass": len(runs)}  # fmt: skip
+            if val[key] > r.best:
+                r.best, r.best_epoch = val[key], epoch + 1
+                T._save(r.head.state_dict(), r.out / "best.safetensors")
+            r.history.append(entry)
+            _checkpoint(r, epoch)
+
+
+def _checkpoint(r: HeadRun, epoch: int) -> None:
+    """last.safetensors, last.pt and log.jsonl exactly as train.train writes them after an epoch."""
+    T._save(r.head.state_dict(), r.out / "last.safetensors")
+    ckpt = dict(head=r.head.state_dict(), optimizer=r.opt.state_dict(), rng=r.rng, epoch=epoch + 1,
+                best=r.best, best_epoch=r.best_epoch, history=r.history)  # fmt: skip
+    T._save(ckpt, r.out / "last.pt")
+    T._save("".join(json.dumps(h) + "\n" for h in r.history), r.out / "log.jsonl")
+
+
+# ---- the sweep -----------------------------------------------------------------------------------------
+
+
+def finished_runs(out: Path) -> set[str]:
+    """Run names already recorded in out/results.jsonl (skipped on resume)."""
+    path = Path(out) / "results.jsonl"
+    if not path.exists():
+        return set()
+    return {json.loads(line)["run"] for line in path.read_text().splitlines() if line.strip()}
+
+
+def run_sweep(
+    jobs: list[Job], out: str | Path, memory: int | str | None = None, device: str | None = None,
+    progress: bool = True, echo=print,
+) -> list[dict]:  # fmt: skip
+    """Train every job, grouped by cache, data key and memory; returns the metrics of the runs trained now."""
+    from .cache import open_cache
+
+    out = Path(out)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cap = D.ram_limit(memory) if memory is not None else default_memory(device)
+    done = finished_runs(out)
+    results = []
+    for url in dict.fromkeys(j.cache for j in jobs):
+        cache = open_cache(url)
+        failed = D.check_complete(cache)
+        mine = [j.cfg for j in jobs if j.cache == url]
+        todo = [c for c in mine if T.run_name(c, cache) not in done]
+        echo(f"{url}: {len(mine)} runs, {len(mine) - len(todo)} already in {out / 'results.jsonl'}")
+        if not todo:
+            continue
+        splits: dict[tuple, D.SplitData] = {}
+
+        def split(name: str, views: bool, limit):
+            if (name, views) not in splits:
+                splits[(name, views)] = D.load_split(cache, name, views=views, limit=limit)
+            return splits[(name, views)]
+
+        by_key: dict[tuple, list] = {}
+        for c in todo:  # a resumed head can only share a pass with heads at the same epoch
+            start = _resume_epoch(out / T.run_name(c, cache))
+            by_key.setdefault((data_key(c), start), []).append(c)
+        for (_, start), cfgs in by_key.items():
+            sizes = [estimate_bytes(c, cache.feature_shape, len(cache.class_names)) for c in cfgs]
+            groups = group_by_memory(sizes, cap)
+            c0 = cfgs[0]
+            echo(f"  data key seed={c0.seed} batch={c0.batch_size} epochs={c0.epochs}"
+                 f"{f' from epoch {start + 1}' if start else ''}: {len(cfgs)} heads in {len(groups)} pass(es) "
+                 f"under {cap / 2**20:.0f} MiB: " + "; ".join(
+                     f"{len(g)} heads ~{(sum(sizes[i][0] for i in g) + max(sizes[i][1] for i in g)) / 2**20:.1f} MiB"
+                     for g in groups))  # fmt: skip
+            train_split = split("train", c0.train_views == "random", c0.ram_limit)
+            T._check_classes(cache, train_split)
+            val_split = split("val", c0.test_views == "all", c0.ram_limit)
+            for g in groups:
+                runs = [make_run(cfgs[i], cache, out / T.run_name(cfgs[i], cache), device, failed) for i in g]
+                t0 = time.perf_counter()
+                train_group(runs, cache, train_split, val_split, device, progress)
+                for r in runs:
+                    results.append(T.finish(r.out, r.cfg, cache, val_split, r.best_epoch, r.history, device))
+                    echo(f"    {r.out.name}: val {_fmt(results[-1], 'val')} test {_fmt(results[-1], 'test')}")
+                echo(f"    pass of {len(runs)} heads: {time.perf_counter() - t0:.1f} s")
+    return results
+
+
+def _resume_epoch(run_dir: Path) -> int:
+    """Epochs a run folder's last.pt has finished (0 when none)."""
+    ckpt = run_dir / "last.pt"
+    if not ckpt.exists():
+        return 0
+    return int(torch.load(ckpt, weights_only=False, map_location="cpu")["epoch"])
+
+
+def _fmt(metrics: dict, split: str) -> str:
+    m = metrics.get(split, {})
+    key = metrics.get("main_metric", "acc1")
+    return f"{key} {100 * m[key]:.2f}" if key in m else "—"

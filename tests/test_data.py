@@ -1,0 +1,126 @@
+"""data.py: RAM vs streaming give the same batches, shard-aware order, the balanced sampler's proportions."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from stecache import data as D
+from stecache.errors import CacheIncomplete, EmptySplit, StecacheError
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """96 clips, 3 views, 8 clips per shard (12 shards)."""
+    url = str(tmp_path_factory.mktemp("data") / "toy.zarr")
+    return D.toy_cache(url, n_clips=96, num_views=3, shard_size=8)
+
+
+def test_ram_limit_parsing(monkeypatch):
+    assert D.ram_limit("2G") == 2 << 30
+    assert D.ram_limit("512m") == 512 << 20
+    assert D.ram_limit(1000) == 1000
+    monkeypatch.setenv("STECACHE_RAM_LIMIT", "3K")
+    assert D.ram_limit() == 3072
+    with pytest.raises(StecacheError, match="not a size"):
+        D.ram_limit("lots")
+
+
+def test_ram_and_streaming_serve_the_same_rows(toy, caplog):
+    caplog.set_level(logging.INFO, logger="stecache.data")
+    ram = D.load_split(toy, "train", views=True)
+    stream = D.load_split(toy, "train", views=True, limit=1000)
+    assert ram.in_ram and not stream.in_ram
+    assert "loaded into RAM" in caplog.text and "streaming by shard" in caplog.text
+    want = toy.read_views(ram.rows)  # [M, 3, n, c, h, w]
+    np.testing.assert_array_equal(ram.features, want)
+    order = D.epoch_rows(len(stream), seed=0, epoch=0)
+    views = D.epoch_views(len(stream), 3, seed=0, epoch=0)
+    for data in (ram, stream):
+        seen = []
+        for pos, x in D.batches(data, order, 10, views):
+            assert x.shape[1] == 1 and len(pos) <= 10
+            np.testing.assert_array_equal(x[:, 0], want[pos, views[pos]])
+            seen.append(pos)
+        seen = np.concatenate(seen)
+        assert sorted(seen) == list(range(len(data)))  # every row exactly once
+    ram_order = np.concatenate([p for p, _ in D.batches(ram, order, 10)])
+    np.testing.assert_array_equal(ram_order, order)  # in RAM: the sampler's order as is
+
+
+def test_streaming_reads_stay_within_a_few_shards(toy):
+    stream = D.load_split(toy, "train", limit=1)
+    order = D.epoch_rows(len(stream), seed=1, epoch=3)
+    groups = D.shard_order(stream, order, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.sort(order))
+    shards_per_group = [len(np.unique(stream.rows[g] // 8)) for g in groups]
+    assert max(shards_per_group) <= D.BUFFER_SHARDS
+    assert len(groups) == -(-len(np.unique(stream.rows // 8)) // D.BUFFER_SHARDS)
+    # shuffled: neither the shard order nor the rows within a group are sorted
+    firsts = [stream.rows[g[0]] // 8 for g in groups]
+    assert firsts != sorted(firsts) or any((np.diff(stream.rows[g]) < 0).any() for g in groups)
+
+
+def test_same_seed_same_epoch_same_order():
+    np.testing.assert_array_equal(D.epoch_rows(50, 3, 7), D.epoch_rows(50, 3, 7))
+    assert not np.array_equal(D.epoch_rows(50, 3, 7), D.epoch_rows(50, 3, 8))
+
+
+def test_sample_weights_values():
+    single = np.eye(3, dtype=np.uint8)[[0, 0, 0, 1, 2]]  # counts 3, 1, 1
+    np.testing.assert_allclose(D.sample_weights(single), [1 / 3, 1 / 3, 1 / 3, 1, 1])
+    multi = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 1], [0, 0, 0]])  # counts 2, 1, 1; last: no label
+    np.testing.assert_allclose(D.sample_weights(multi), [(1 / 2 + 1) / 2, 1 / 2, 1, 1])
+
+
+def test_balanced_sampler_draws_classes_equally():
+    counts = [100, 20, 5]
+    labels = np.eye(3, dtype=np.uint8)[np.repeat([0, 1, 2], counts)]
+    w = D.sample_weights(labels)
+    draws = np.concatenate([D.epoch_rows(len(labels), seed=0, epoch=e, weights=w) for e in range(240)])
+    freq = labels[draws].sum(0) / len(draws)  # 30000 draws
+    sigma = np.sqrt(1 / 3 * 2 / 3 / len(draws))  # ≈ 0.0027
+    np.testing.assert_allclose(freq, 1 / 3, atol=5 * sigma)  # unbalanced would be 0.80 / 0.16 / 0.04
+    plain = np.concatenate([D.epoch_rows(len(labels), seed=0, epoch=e) for e in range(10)])
+    np.testing.assert_allclose(labels[plain].sum(0) / len(plain), np.array(counts) / 125)
+
+
+def test_balanced_sampler_multi_label_proportions():
+    # class 0 is common and co-occurs with class 1; class 2 is rare
+    labels = np.array([[1, 0, 0]] * 60 + [[1, 1, 0]] * 20 + [[0, 1, 0]] * 10 + [[0, 0, 1]] * 10)
+    w = D.sample_weights(labels)  # counts 80, 30, 10
+    w_hand = np.array([1 / 80] * 60 + [(1 / 80 + 1 / 30) / 2] * 20 + [1 / 30] * 10 + [1 / 10] * 10)
+    np.testing.assert_allclose(w, w_hand)
+    p = w_hand / w_hand.sum()
+    expected = labels.T @ p  # P(a drawn clip carries class k)
+    draws = np.concatenate([D.epoch_rows(len(labels), seed=1, epoch=e, weights=w) for e in range(400)])
+    freq = labels[draws].sum(0) / len(draws)
+    np.testing.assert_allclose(freq, expected, atol=5 * np.sqrt(0.25 / len(draws)))
+    assert freq[2] > 0.3 > labels[:, 2].mean()  # the rare class is drawn far above its 10 % share
+
+
+def test_incomplete_cache_and_failures(tmp_path):
+    url = str(tmp_path / "partial.zarr")
+    cache = D.toy_cache(url, n_clips=24, shard_size=8, pending_shards=1)
+    with pytest.raises(CacheIncomplete, match="8 of 24 clips not extracted"):
+        D.check_complete(cache)
+    x = np.zeros((8, *cache.feature_shape), np.float16)
+    cache.write_shard(16, x, None, np.zeros(8, bool), ["decode failed"] * 8)  # recorded failures
+    assert D.check_complete(cache) == 8
+    assert 16 not in D.load_split(cache, "train").rows
+    with pytest.raises(EmptySplit, match="'nosuch'"):
+        D.load_split(cache, "nosuch")
+
+
+def test_prefetch_reraises():
+    def gen():
+        yield 1
+        raise ValueError("boom")
+
+    it = D.prefetch(gen())
+    assert next(it) == 1
+    with pytest.raises(ValueError, match="boom"):
+        next(it)
+    assert list(D.prefetch(iter(range(5)))) == list(range(5))

@@ -1,0 +1,142 @@
+"""report.py: tables derive from results.jsonl only; mean ± std, selection on val, bold rule, corrcoef."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from stecache import report
+
+
+def _rec(head, depth, seed, test, val=None, *, backbone="vmae", dataset="synth", multi=False, lr=1e-3):
+    metric = {"macro_f1": test, "macro_recall": test - 0.1, "macro_precision": test + 0.1} if multi else {"acc1": test}
+    vmetric = {k: (val if val is not None else v) for k, v in metric.items()}
+    return {
+        "run": f"{head}{depth}-{seed}-{lr}",
+        "head": head,
+        "depth": depth,
+        "seed": seed,
+        "cache_fingerprint": f"{backbone}/{dataset}",
+        "backbone": backbone,
+        "dataset": dataset,
+        "multi_label": multi,
+        "config": {"head": head, "depth": depth, "seed": seed, "lr": lr},
+        "val": vmetric,
+        "test": metric,
+    }
+
+
+def _write(tmp_path, recs):
+    p = tmp_path / "results.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return p
+
+
+def _full(multi=False, backbones=("vmae",)):
+    recs = []
+    for bb in backbones:
+        for s in range(3):
+            recs += [_rec("meanfc", 0, s, 0.50 + 0.01 * s, backbone=bb, multi=multi)]
+            recs += [_rec("tr", 1, s, 0.55 + 0.01 * s, backbone=bb, multi=multi)]
+            recs += [_rec("stemean", 1, s, 0.56 + 0.01 * s, backbone=bb, multi=multi)]
+            recs += [_rec("ste", d, s, 0.60 + 0.1 * (d == 1) + 0.01 * s, backbone=bb, multi=multi) for d in range(5)]
+    return recs
+
+
+def test_cell_is_mean_and_sample_std_over_seeds(tmp_path):
+    ts = report.tables(_full())
+    t1 = ts[0]
+    assert t1.title.startswith("Table I")
+    assert t1.rows == ["vmae + meanFC", "vmae + Tr_head d1", "vmae + STE_head d1"]
+    c = t1.cells[0][0]
+    assert c.n == 3
+    assert c.mean == pytest.approx(0.51)
+    assert c.std == pytest.approx(np.std([0.50, 0.51, 0.52], ddof=1))
+    assert c.fmt() == "51.00 ± 1.00"
+
+
+def test_change_a_result_changes_the_table(tmp_path):
+    recs = _full()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    md1 = report.write_report(_write(tmp_path / "a", recs), tmp_path / "ra")
+    recs[0]["test"]["acc1"] = 0.80  # meanfc seed 0
+    md2 = report.write_report(_write(tmp_path / "b", recs), tmp_path / "rb")
+    t1, t2 = md1.read_text(), md2.read_text()
+    assert "51.00 ± 1.00" in t1 and "51.00 ± 1.00" not in t2
+    mean = np.mean([0.80, 0.51, 0.52])
+    assert f"{100 * mean:.2f} ± {100 * np.std([0.80, 0.51, 0.52], ddof=1):.2f}" in t2
+    rows = list(csv.DictReader(open(tmp_path / "rb" / "table_i.csv")))
+    meanfc = [r for r in rows if r["row"] == "vmae + meanFC"][0]
+    assert float(meanfc["mean"]) == pytest.approx(mean)
+    assert (tmp_path / "rb" / "table_i.png").stat().st_size > 1000
+    assert (tmp_path / "rb" / "table_iii_depth.png").exists()
+
+
+def test_tables_ii_iii_multi_label_columns(tmp_path):
+    ts = report.tables(_full(multi=True))
+    names = [t.title.split(" (")[0] for t in ts]
+    assert names == ["Table I: classifier heads × backbones", "Table II: STEb and patch_base_classifier",
+                     "Table III: STE_head depth"]  # fmt: skip
+    t2, t3 = ts[1], ts[2]
+    assert t2.cols == ["F1", "recall", "precision"]
+    # patch_base_classifier row falls back to ste depth 0 when no "patch" runs exist
+    assert t2.cells[1][0].mean == pytest.approx(t3.cells[0][0].mean)
+    assert t3.cells[1][2].mean == pytest.approx(0.71 + 0.1)  # precision = f1 + 0.1 in the fixture
+    assert "F1" in ts[0].cols[0]
+
+
+def test_bold_only_beyond_the_spread():
+    recs = _full()
+    t3 = report.tables(recs)[2]
+    assert t3.best() == {0: 1}  # depth 1 is 10 points above, std 1 point
+    md = t3.markdown()
+    assert "| depth 1 | **71.00 ± 1.00** |" in md
+    # bring depth 2 within the spread of depth 1: no bold
+    for r in recs:
+        if r["head"] == "ste" and r["depth"] == 2:
+            r["test"]["acc1"] += 0.095
+    t3 = report.tables(recs)[2]
+    assert t3.best() == {}
+    assert "**" not in t3.markdown()
+
+
+def test_selection_on_val_picks_the_setting_then_reports_its_test():
+    recs = [_rec("meanfc", 0, s, 0.40, val=0.9, lr=1e-2) for s in range(2)]  # best val, worse test
+    recs += [_rec("meanfc", 0, s, 0.70, val=0.5, lr=1e-3) for s in range(2)]
+    recs += [_rec("ste", 1, s, 0.60) for s in range(2)]
+    t1 = report.tables(recs)[0]
+    assert t1.cells[0][0].mean == pytest.approx(0.40)
+
+
+def test_table_i_two_backbones_two_datasets():
+    recs = _full(backbones=("vmae", "unif"))
+    recs += [dict(r, dataset="other", cache_fingerprint=r["cache_fingerprint"] + "o") for r in _full(multi=True)]
+    t1 = report.tables(recs)[0]
+    assert len(t1.rows) == 6 and len(t1.cols) == 2
+    assert t1.cols == ["other (F1)", "synth (Acc@1)"]
+    assert t1.rows[0] == "unif + meanFC" and t1.rows[3] == "vmae + meanFC"
+    assert t1.cells[0][0] is None  # unif has no runs on "other"
+    assert t1.cells[3][0].mean == pytest.approx(0.51) and t1.cells[0][1].mean == pytest.approx(0.51)
+
+
+def test_bad_results_line_is_named(tmp_path):
+    p = tmp_path / "results.jsonl"
+    p.write_text(json.dumps(_rec("ste", 1, 0, 0.5)) + "\n{oops\n")
+    with pytest.raises(report.ResultsError, match=r"results.jsonl:2: not JSON"):
+        report.load_results(p)
+    with pytest.raises(report.ResultsError, match="no such results file"):
+        report.load_results(tmp_path / "nope.jsonl")
+
+
+def test_position_correlation_equals_numpy_corrcoef():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 2, 5, 2, 3)).astype(np.float32)  # [N, n, c, h, w], P = 12
+    ref = np.mean([np.corrcoef(clip.transpose(0, 2, 3, 1).reshape(-1, 5)) for clip in x.astype(np.float64)], 0)
+    got = report.position_correlation(x)
+    assert got.shape == (12, 12)
+    np.testing.assert_allclose(got, ref, atol=1e-12)
+    off = ref[~np.eye(12, dtype=bool)].mean()
+    assert report.mean_off_diagonal(got) == pytest.approx(off)

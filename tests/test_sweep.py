@@ -1,0 +1,185 @@
+"""sweep.py: one pass over the cache == separate train runs; memory grouping; resume; grid expansion."""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stecache import sweep
+from stecache import train as T
+from stecache.cache import create_cache
+
+Clip = namedtuple("Clip", "clip_id labels split")
+SHAPE = (4, 8, 2, 2)  # n, c, h, w
+
+
+def make_cache(path, multi_label=False, n=72, k=3, seed=0):
+    """A small cache whose features carry the class in a few channels (learnable, not trivial)."""
+    rng = np.random.default_rng(seed)
+    splits = ["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4)
+    labels = [(int(i % k),) if not multi_label else tuple(sorted({i % k, (i * 7) % k})) for i in range(n)]
+    clips = [Clip(f"c{i}", labels[i], splits[i]) for i in range(n)]
+    prov = {"backbone": {"name": "fake"}, "dataset": "toy-multi" if multi_label else "toy"}
+    cache = create_cache(str(path), clips=clips, class_names=[f"k{j}" for j in range(k)], multi_label=multi_label,
+                         feature_shape=SHAPE, num_views=1, provenance=prov, shard_size=16)  # fmt: skip
+    feats = rng.normal(size=(n, *SHAPE)).astype(np.float32)
+    for i, lab in enumerate(labels):
+        for j in lab:
+            feats[i, :, j] += 0.8  # class j lifts channel j everywhere
+    for a, b in cache.shards():
+        cache.write_shard(a, feats[a:b], None, np.ones(b - a, bool), [""] * (b - a))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cache_url(tmp_path_factory):
+    return make_cache(tmp_path_factory.mktemp("cache") / "toy.zarr")
+
+
+BASE = {"epochs": 3, "batch_size": 8, "lr": 0.02}
+
+
+def _records(out):
+    return {r["run"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+
+
+def test_one_pass_equals_separate_train_runs(cache_url, tmp_path):
+    jobs = sweep.plan([cache_url], heads="meanfc,tr:1,ste:1,stemean:1", seeds=[0, 1], base=BASE)
+    assert len(jobs) == 8
+    sweep.run_sweep(jobs, tmp_path / "sweep", progress=False, echo=lambda s: None)
+    for j in jobs:
+        T.train(j.cfg, cache_url, runs_root=tmp_path / "alone", progress=False)
+    a, b = _records(tmp_path / "sweep"), _records(tmp_path / "alone")
+    assert a.keys() == b.keys() and len(a) == 8
+    for run, ra in a.items():
+        rb = b[run]
+        assert ra["best_epoch"] == rb["best_epoch"]
+        for split in ("val", "test"):
+            for k, v in rb[split].items():
+                assert ra[split][k] == pytest.approx(v, abs=1e-6), (run, split, k)
+        wa = load_file(str(tmp_path / "sweep" / run / "best.safetensors"))
+        wb = load_file(str(tmp_path / "alone" / run / "best.safetensors"))
+        for k in wb:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+        la = [json.loads(x)["loss"] for x in (tmp_path / "sweep" / run / "log.jsonl").read_text().splitlines()]
+        lb = [json.loads(x)["loss"] for x in (tmp_path / "alone" / run / "log.jsonl").read_text().splitlines()]
+        np.testing.assert_allclose(la, lb, rtol=1e-6)
+    # the heads really differ (the test would not notice a sweep that trained one head K times)
+    assert len({round(r["val"]["acc1"], 6) for r in a.values()} | {json.dumps(r["config"]) for r in a.values()}) > 8
+
+
+def test_memory_cap_changes_grouping_not_results(cache_url, tmp_path):
+    jobs = sweep.plan([cache_url], heads="meanfc,ste:0-2", seeds=[0], base=BASE)
+    lines_a, lines_b = [], []
+    sweep.run_sweep(jobs, tmp_path / "a", progress=False, echo=lines_a.append)
+    sweep.run_sweep(jobs, tmp_path / "b", memory="1K", progress=False, echo=lines_b.append)
+    assert any("4 heads in 1 pass(es)" in s for s in lines_a)
+    assert any("4 heads in 4 pass(es)" in s for s in lines_b)
+    a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for run in a:
+        assert a[run]["test"] == pytest.approx(b[run]["test"], abs=1e-6)
+        assert a[run]["val"] == pytest.approx(b[run]["val"], abs=1e-6)
+
+
+def test_group_by_memory_packs_under_the_cap():
+    sizes = [(100, 50), (60, 10), (30, 200), (10, 10)]
+    groups = sweep.group_by_memory(sizes, 260)
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3]
+    for g in groups:
+        assert len(g) == 1 or sum(sizes[i][0] for i in g) + max(sizes[i][1] for i in g) <= 260
+    assert sweep.group_by_memory(sizes, 10**9) == [[0, 1, 2, 3]]
+    assert len(sweep.group_by_memory(sizes, 1)) == 4
+
+
+def test_killed_sweep_resumes_without_redoing_finished_runs(cache_url, tmp_path, monkeypatch):
+    jobs = sweep.plan([cache_url], heads="meanfc,ste:1,tr:1", seeds=[0], base=BASE)
+    sweep.run_sweep(jobs, tmp_path / "ref", progress=False, echo=lambda s: None)
+    out = tmp_path / "killed"
+    calls = {"n": 0}
+    real_checkpoint, real_make = sweep._checkpoint, sweep.make_run
+
+    def dying_checkpoint(r, epoch):  # killed in the 2nd pass (one head per pass), after its first epoch
+        real_checkpoint(r, epoch)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "_checkpoint", dying_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(jobs, out, memory="1K", progress=False, echo=lambda s: None)
+    first = _records(out)
+    assert len(first) == 1
+    done_run = next(iter(first))
+    stamp = (out / done_run / "metrics.json").stat().st_mtime_ns
+    monkeypatch.setattr(sweep, "_checkpoint", real_checkpoint)
+    built = []
+    monkeypatch.setattr(sweep, "make_run", lambda cfg, *a: built.append(cfg) or real_make(cfg, *a))
+    lines = []
+    sweep.run_sweep(jobs, out, memory="1K", progress=False, echo=lines.append)
+    assert "1 already in" in lines[0]
+    assert len(built) == 2 and all(T.run_name(c, _cache(cache_url)) != done_run for c in built)
+    assert any("from epoch 2" in s for s in lines)  # the interrupted head resumed from its last.pt
+    assert (out / done_run / "metrics.json").stat().st_mtime_ns == stamp
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # every run recorded exactly once
+    ref, got = _records(tmp_path / "ref"), _records(out)
+    for run in ref:
+        assert got[run]["test"] == pytest.approx(ref[run]["test"], abs=1e-6)
+    # a third call does nothing
+    sweep.run_sweep(jobs, out, progress=False, echo=lines.append)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 3
+
+
+def _cache(url):
+    from stecache.cache import open_cache
+
+    return open_cache(url)
+
+
+def test_multi_label_one_pass_equals_separate(tmp_path):
+    url = make_cache(tmp_path / "ml.zarr", multi_label=True)
+    jobs = sweep.plan([url], heads="meanfc,ste:1", seeds=[3], base=BASE)
+    sweep.run_sweep(jobs, tmp_path / "s", progress=False, echo=lambda s: None)
+    for j in jobs:
+        T.train(j.cfg, url, runs_root=tmp_path / "t", progress=False)
+    a, b = _records(tmp_path / "s"), _records(tmp_path / "t")
+    for run in b:
+        assert a[run]["test"] == pytest.approx(b[run]["test"], abs=1e-6)
+        assert a[run]["test_tuned"] == pytest.approx(b[run]["test_tuned"], abs=1e-6)
+
+
+def test_plan_tables_and_grid():
+    jobs = sweep.plan(["a", "b"], tables="I,II,III", seeds=[0, 1, 2])
+    first = {(j.cfg.head, j.cfg.depth) for j in jobs if j.cache == "a"}
+    second = {(j.cfg.head, j.cfg.depth) for j in jobs if j.cache == "b"}
+    assert first == {("meanfc", 0), ("tr", 1), ("stemean", 1)} | {("ste", d) for d in range(5)}
+    assert second == {("meanfc", 0), ("tr", 1), ("ste", 1)}
+    assert len(jobs) == 3 * (8 + 3)
+    jobs = sweep.plan(["a"], heads="ste:1", seeds=[0], grid={"lr": [1e-3, 3e-3], "epochs": [2, 4]})
+    assert sorted((j.cfg.lr, j.cfg.epochs) for j in jobs) == [(1e-3, 2), (1e-3, 4), (3e-3, 2), (3e-3, 4)]
+    assert len({sweep.data_key(j.cfg) for j in jobs}) == 2  # lr is head-side, epochs is not
+    with pytest.raises(sweep.SweepError, match="--set \\['lrr'\\]"):
+        sweep.plan(["a"], heads="ste", grid={"lrr": [1]})
+    with pytest.raises(sweep.SweepError, match="known tables"):
+        sweep.plan(["a"], tables="IV")
+    with pytest.raises(sweep.SweepError, match="NAME:LO-HI"):
+        sweep.parse_heads("ste:x")
+    assert sweep.parse_heads("meanfc,ste:0-2") == [("meanfc", None), ("ste", 0), ("ste", 1), ("ste", 2)]
+
+
+def test_estimate_bytes_grows_with_depth_and_batch():
+    cfg = T.TrainConfig(head="ste", depth=1, batch_size=8)
+    p1, t1 = sweep.estimate_bytes(cfg, SHAPE, 3)
+    p2, t2 = sweep.estimate_bytes(cfg.replace(depth=2), SHAPE, 3)
+    _, t3 = sweep.estimate_bytes(cfg.replace(batch_size=16), SHAPE, 3)
+    assert p2 > p1 and t2 > t1 and t3 > t1
+    from stecache.heads import build_head
+
+    params = sum(p.numel() for p in build_head("ste", SHAPE, 3, 1).parameters())
+    assert p1 == 3 * 4 * params
