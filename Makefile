@@ -31,6 +31,11 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/stecache synth $(WORK)/synth
 
+# Tables I–III (3 seeds) on the synthetic data with the tiny backbones, or on CACHE="a.zarr b.zarr"
+# (Table I on every cache, II/III on the first); writes reports/ablation.md. Recipe: pipelines/.
+ablation: $(STAMP)
+	BIN=$(BIN) WORK=$(WORK) CACHE="$(CACHE)" sh pipelines/ablation_synth.sh
+
 bench: $(STAMP)
 	$(BIN)/python -m bench
 

@@ -38,8 +38,10 @@ def main(rounds: int = 2, names=("videomaev2", "uniformerv2"), batches=(1, 4)) -
     from stecache.backbones import load
 
     torch.set_num_threads(2)
-    warnings.simplefilter("ignore")
-    models = {name: load(name) for name in names}
+    with warnings.catch_warnings():  # random weights are intended here
+        warnings.simplefilter("ignore")
+        models = {name: load(name) for name in names}
+        tiny = {n + "-tiny": load(n + "-tiny") for n in names}
     flops = {name: clip_flops(m) for name, m in models.items()}
     inputs = {b: {n: torch.randn(b, 3, m.frames, m.size, m.size) for n, m in models.items()} for b in batches}
     for name, m in models.items():  # warm-up at batch 1 only (batch 4 is long)
@@ -48,7 +50,6 @@ def main(rounds: int = 2, names=("videomaev2", "uniformerv2"), batches=(1, 4)) -
     times = interleave(variants, rounds=rounds, warmup=0)
     canary = median(times["_canary_gflops"])
 
-    tiny = {n + "-tiny": load(n + "-tiny") for n in names}
     tiny_x = {n: torch.randn(4, 3, m.frames, m.size, m.size) for n, m in tiny.items()}
     tiny_times = interleave(
         {n: (lambda m=m, x=tiny_x[n]: m(x)) for n, m in tiny.items()}, rounds=20, warmup=2

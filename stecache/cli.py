@@ -47,7 +47,8 @@ def cli():
 @cli.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Random seed; same seed, same dataset.")
-@click.option("--clips", "n_clips", default=300, show_default=True, help="Number of clips in all splits.")
+@click.option("--clips", "n_clips", default=300, show_default=True, type=click.IntRange(min=1),
+              help="Number of clips in all splits.")  # fmt: skip
 @click.option("--multi-label", is_flag=True, help="Clips may carry several labels (TinyVIRAT-like).")
 def synth(out: Path, seed: int, n_clips: int, multi_label: bool):
     """Write the embedded synthetic action dataset (H.264 mp4 + annotation lists) to OUT."""
@@ -85,6 +86,65 @@ def heads(describe: bool, shape: tuple, classes: int):
         d = valid_depths(name)
         doc = cls.__doc__.splitlines()[0].split(": ", 1)[-1]
         click.echo(f"{name:8s} depth {f'{d.start}..{d.stop - 1}':6s} {doc}")
+
+
+# ---- ablate ------------------------------------------------------------------------------------------
+
+
+def _int_list(ctx, param, value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of ints, e.g. 0,1,2") from None
+
+
+def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
+    import json
+
+    grid = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=V1,V2,..., e.g. --set lr=1e-3,3e-3")
+        vals = []
+        for v in raw.split(","):
+            try:
+                vals.append(json.loads(v))
+            except json.JSONDecodeError:
+                vals.append(v)
+        grid[key.replace("-", "_")] = vals
+    return grid
+
+
+@cli.command()
+@click.argument("caches", nargs=-1, required=True)
+@click.option("--tables", help="Paper presets: I (meanFC/Tr d1/STE d1 on every cache), II, III (first cache).")
+@click.option("--heads", help="Head specs for every cache, e.g. meanfc,tr:1,ste:0-4.")
+@click.option("--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Seeds (comma list).")
+@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--set", "grid", multiple=True, callback=_grid_option, metavar="KEY=V1,V2",
+              help="Sweep any TrainConfig field (repeatable), e.g. --set lr=1e-3,3e-3.")  # fmt: skip
+@click.option("--memory", help="Memory the heads of one pass may take (e.g. 8G) [default: half of free "
+              "RAM, or 90% of free GPU memory]; over it, heads are split into several passes.")  # fmt: skip
+@click.option("--device", help="torch device [default: cuda if available, else cpu].")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/ablation"), show_default=True,
+              help="Runs root: one folder per run + results.jsonl.")  # fmt: skip
+@click.option("--report", "report_dir", type=click.Path(path_type=Path),
+              help="Also write the tables here [default: OUT/report].")  # fmt: skip
+def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, device, out, report_dir):
+    """Train a grid of heads (× seeds × settings) on CACHES in one pass per cache; select on val, test once.
+
+    Resumable: finished runs (in OUT/results.jsonl) are skipped; an interrupted pass resumes its heads.
+    """
+    from .report import write_report
+    from .sweep import plan, run_sweep
+
+    base = {"epochs": epochs, "batch_size": batch_size}
+    jobs = plan(list(caches), tables=tables, heads=heads, seeds=seeds, base=base, grid=grid)
+    run_sweep(jobs, out, memory=memory, device=device, echo=click.echo)
+    md = write_report(out / "results.jsonl", report_dir or out / "report")
+    click.echo(f"results: {out / 'results.jsonl'}\nreport: {md}")
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -175,7 +235,11 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 def train_head(head, depth, cache, epochs, seed, batch_size, lr, warmup_epochs, weight_decay, no_balance,
                options, ram_limit, out, name, runs, resume):  # fmt: skip
     """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
+    import logging
+
     from .train import TrainConfig, format_metrics, train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # RAM or streaming, epochs, resume
 
     cfg = TrainConfig(head=head, depth=depth, head_options=options, epochs=epochs, seed=seed,
                       batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
@@ -292,7 +356,8 @@ def extract(backbone, checkpoint, data, annotations, data_root, classes, cache_u
         if "://" not in str(cache_url) and Path(cache_url, "zarr.json").exists():
             remember_cache(cache_url)
     click.echo(f"{s['cache']}: {s['done']}/{s['clips']} clips done ({s['extracted']} extracted now, "
-               f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s")
+               f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s"
+               + (f"; per rank {'+'.join(map(str, s['per_rank']))}" if len(s["per_rank"]) > 1 else ""))
     for clip_id, err in s["failed"]:
         click.echo(f"  failed {clip_id}: {err}")
 
@@ -330,6 +395,94 @@ def import_h5(h5: Path, cache: str, features: str, labels: str, classes: Path | 
     names = [ln.strip() for ln in classes.read_text().splitlines() if ln.strip()] if classes else None
     c = run_import(h5, cache, features=features, labels=labels, class_names=names)
     click.echo(f"imported {len(c)} clips {c.feature_shape} into {cache} (fingerprint {c.fingerprint})")
+
+
+# ---- predict / export --------------------------------------------------------------------------------
+
+_RUN = click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+_CHECKPOINT = click.option(
+    "--checkpoint", type=click.Path(exists=True, path_type=Path),
+    help="Backbone weights the run's cache was extracted with (sha256 checked); not for random weights.")
+
+
+@cli.command()
+@_RUN
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1), help="Classes per video.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--window", type=click.FloatRange(0, min_open=True),
+              help="Seconds per window: slide over each (long) video and write a timeline.")
+@click.option("--stride", type=click.FloatRange(0, min_open=True),
+              help="Seconds between window starts [default: window/2].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the timeline CSV/JSON/PNG files [default: RUN/timelines].")
+@_CHECKPOINT
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Videos per batch.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="Decoding processes.")
+@click.option("--device", help="torch device [default: cuda if available, else cpu].")
+def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size, workers, device):
+    """Classify VIDEOS (files or folders) with RUN's backbone + head, end to end.
+
+    Each video is sampled and cropped as RUN's cache was, and probabilities are averaged over its test
+    views. A video that cannot be decoded is reported and skipped; the exit code is 1 if any failed.
+    With --window, each video gets a timeline of windows (CSV, JSON and PNG in --out).
+    """
+    import json
+
+    import torch
+
+    from . import predict as P
+    from .errors import VideoError
+
+    if (stride or out) and not window:
+        raise click.UsageError("--stride and --out need --window")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pred = P.load_predictor(run, checkpoint, device)
+    paths = P.expand_inputs(list(videos))
+    failed = []
+    if window:
+        out = out or Path(run) / "timelines"
+        stride = stride or window / 2
+        results = []
+        for path in paths:
+            try:
+                tl = P.timeline(pred, path, window, stride)
+            except VideoError as e:
+                failed.append(path)
+                click.echo(f"skipped {path}: {type(e).__name__}: {e}", err=True)
+                continue
+            results.append(P.timeline_record(tl, pred.class_names, pred.multi_label, pred.threshold))
+            files = P.write_timeline(results[-1], out)
+            if fmt == "table":
+                click.echo(P.format_segments(results[-1]))
+            click.echo(f"  wrote {', '.join(map(str, files))}", err=fmt != "table")
+        if fmt == "json":
+            click.echo(json.dumps(results, indent=2))
+        elif fmt == "csv":
+            click.echo("\n".join(P.timeline_csv(r) for r in results))
+    else:
+        results = P.predict_files(pred, paths, batch_size, workers)
+        failed = [r for r in results if r["error"]]
+        click.echo(P.format_rows(P.rows(pred, results, top_k), fmt, pred.multi_label, pred.threshold))
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(paths)} video(s) failed and were skipped (above)")
+
+
+@cli.command()
+@_RUN
+@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
+              show_default=True, help="onnx needs `pip install 'stecache[onnx]'`.")
+@click.option("--head-only", is_flag=True, help="Export the head alone (input: features [B, n, c, h, w]).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model file [default: RUN/export/model.pt|.onnx]; the JSON of constants goes beside it.")
+@_CHECKPOINT
+def export(run, fmt, head_only, out, checkpoint):
+    """Write RUN's backbone + head as one TorchScript or ONNX model, runnable without stecache."""
+    from .export import export as run_export
+
+    model, meta = run_export(run, fmt, out, head_only, checkpoint)
+    click.echo(f"wrote {model} and {meta} (preprocessing, views, class names)")
 
 
 def main():  # pragma: no cover

@@ -25,7 +25,7 @@ from .errors import CacheIncomplete, EmptySplit, StecacheError
 
 log = logging.getLogger(__name__)
 
-BUFFER_SHARDS = 4  # shards shuffled together when streaming
+BUFFER_SHARDS = 4  # shards shuffled together when streaming (fewer if the RAM limit is smaller)
 LOAD_ROWS = 256  # rows read per call when loading into RAM
 
 
@@ -108,6 +108,7 @@ class SplitData:
     views: int  # views per row served (1 = the main view only)
     features: np.ndarray | None  # [M, V, n, c, h, w] stored dtype when in RAM, else None (streaming)
     shard_rows: int  # rows per storage shard (the streaming unit)
+    buffer_shards: int = BUFFER_SHARDS  # shards read and shuffled together when streaming
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -150,39 +151,54 @@ def load_split(cache, split: str, views: bool = False, limit: int | str | None =
         ]
         data.features = np.concatenate(parts)
     else:
+        shard_bytes = nbytes / len(rows) * data.shard_rows
+        data.buffer_shards = int(max(1, min(BUFFER_SHARDS, budget // shard_bytes)))
         log.info(
-            "split %s: %d clips, %.1f MB > RAM limit %.1f MB: streaming by shard (%d rows each)",
-            split, len(rows), nbytes / 1e6, budget / 1e6, data.shard_rows,
+            "split %s: %d clips, %.1f MB > RAM limit %.1f MB: streaming, %d shard(s) of %d rows at a time",
+            split, len(rows), nbytes / 1e6, budget / 1e6, data.buffer_shards, data.shard_rows,
         )  # fmt: skip
     return data
 
 
 def shard_order(data: SplitData, order: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Regroup positions for streaming: shuffled shard order, rows shuffled within BUFFER_SHARDS shards."""
+    """Regroup positions for streaming: shuffled shard order, rows shuffled within buffer_shards shards."""
     shard = data.rows[order] // data.shard_rows
+    k = data.buffer_shards
     shards = rng.permutation(np.unique(shard))
     groups = []
-    for i in range(0, len(shards), BUFFER_SHARDS):
-        g = order[np.isin(shard, shards[i : i + BUFFER_SHARDS])]
+    for i in range(0, len(shards), k):
+        g = order[np.isin(shard, shards[i : i + k])]
         groups.append(rng.permutation(g))
     return groups
 
 
-def _segments(data: SplitData, order: np.ndarray, batch_size: int, seed: int) -> Iterator[tuple]:
-    """(positions, features [p, V, n, c, h, w]) pieces in `order`; streamed: one sorted read per buffer."""
+def _segments(data: SplitData, order: np.ndarray, batch_size: int, seed: int | None) -> Iterator[tuple]:
+    """(positions, features [p, V, n, c, h, w]) pieces; streamed: one sorted read per buffer of shards."""
     if data.in_ram:
         for i in range(0, len(order), batch_size):
             yield order[i : i + batch_size], None
         return
-    for group in shard_order(data, order, np.random.default_rng([seed, 3, len(order)])):
+    if seed is None:  # keep `order` (evaluation): buffers of consecutive positions
+        step = data.buffer_shards * data.shard_rows
+        groups = [order[i : i + step] for i in range(0, len(order), step)]
+    else:
+        groups = shard_order(data, order, np.random.default_rng([seed, 3, len(order)]))
+    for group in groups:
         uniq, inv = np.unique(group, return_inverse=True)
         yield group, data.read(uniq)[inv]
 
 
 def batches(
-    data: SplitData, order: np.ndarray, batch_size: int, view_of: np.ndarray | None = None, seed: int = 0
+    data: SplitData,
+    order: np.ndarray,
+    batch_size: int,
+    view_of: np.ndarray | None = None,
+    seed: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(positions [b], features [b, V', n, c, h, w]) in `order` (streamed: shard-aware); V' = 1 if view_of."""
+    """(positions [b], features [b, V', n, c, h, w]); V' = 1 if view_of.
+
+    In `order` when in RAM or when seed is None; streamed with a seed: shard-aware reshuffle of `order`.
+    """
     pos_buf, feat_buf, held = [], [], 0
     for pos, f in _segments(data, order, batch_size, seed):
         if f is None:  # in RAM: gather only what is needed

@@ -1,4 +1,4 @@
-"""Export a trained run as one self-contained model: backbone + head (or the head alone) in TorchScript or ONNX.
+"""Export a trained run as one self-contained model: backbone + head (or the head alone), TorchScript or ONNX.
 
 The model maps normalised clips [B, 3, T, H, W] (or, with head_only, features [B, n, c, h, w]) to logits
 [B, K]. A JSON file beside it records what a user needs to run it without stecache: frame sampling, resize,
@@ -61,17 +61,28 @@ def constants(pred: Predictor, fmt: str, file: str, head_only: bool) -> dict:
 
     attrs = read_run(pred.run)["cache_attrs"]
     clips, crops = pred.sampling.num_clips, pred.preprocess.num_crops
-    shape = ["B", *attrs["feature_shape"]] if head_only else ["B", 3, pred.sampling.clip_len, *[pred.preprocess.crop_size] * 2]
+    shape = (
+        ["B", *attrs["feature_shape"]]
+        if head_only
+        else ["B", 3, pred.sampling.clip_len, *[pred.preprocess.crop_size] * 2]
+    )
     return {
         "model": file,
         "format": fmt,
-        "input": "features [B, n, c, h, w] float32" if head_only else "normalised clips [B, 3, T, H, W] float32 RGB",
+        "input": "features [B, n, c, h, w] float32"
+        if head_only
+        else "normalised clips [B, 3, T, H, W] float32 RGB",
         "input_name": "features" if head_only else "clips",
         "input_shape": shape,
         "output": "logits [B, K]",
         "probabilities": "sigmoid" if pred.multi_label else "softmax",
-        "average": f"mean of the probabilities over the {pred.num_views} view(s) of a video (mmaction2 'prob')",
-        "views": {"count": pred.num_views, "clips": clips, "crops": crops, "order": "crop-major: crop*clips+clip"},
+        "average": f"mean of the probabilities over a video's {pred.num_views} view(s), mmaction2 'prob'",
+        "views": {
+            "count": pred.num_views,
+            "clips": clips,
+            "crops": crops,
+            "order": "crop-major: crop*clips+clip",
+        },
         "sampling": pred.sampling.to_dict(),
         "sampling_rule": (
             "dense = mmaction2 SampleFrames(clip_len, frame_interval, num_clips, test_mode)"
@@ -79,8 +90,10 @@ def constants(pred: Predictor, fmt: str, file: str, head_only: bool) -> dict:
             else "uniform = mmaction2 UniformSample(clip_len, num_clips, test_mode)"
         ),
         "preprocess": pred.preprocess.to_dict(),
-        "preprocess_steps": "resize short side to short_side (bilinear), crop crop_size (center | three along the "
-        "long side: left/top, right/bottom, middle | resize = squash), (x - mean) / std per RGB channel, 0-255 units",
+        "preprocess_steps": (
+            "resize the short side to short_side (bilinear); crop crop_size (center | three along the long "
+            "side: left/top, right/bottom, middle | resize = squash); (x - mean) / std per RGB channel, 0-255"
+        ),
         "class_names": list(pred.class_names),
         "multi_label": pred.multi_label,
         "threshold": pred.threshold,
@@ -109,10 +122,12 @@ def export(
     model, x = model_of(pred, head_only), example_input(pred, head_only)
     if fmt == "torchscript":
         _torchscript(model, x).save(str(out))
-    else:
-        _onnx(model, x, out, "features" if head_only else "clips")
+    fixed = _onnx(model, x, out, "features" if head_only else "clips") if fmt == "onnx" else None
     meta = out.with_suffix(".json")
-    meta.write_text(json.dumps(constants(pred, fmt, out.name, head_only), indent=2) + "\n")
+    info = constants(pred, fmt, out.name, head_only)
+    if fixed:
+        info["input_shape"][0] = fixed  # this model takes exactly `fixed` clips per call
+    meta.write_text(json.dumps(info, indent=2) + "\n")
     return out, meta
 
 
@@ -130,7 +145,9 @@ class PerClip(nn.Module):
 def _torchscript(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
     """torch.jit.trace with a batch size that may vary; if the trace bakes in the batch, trace per clip."""
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export, but loads anywhere
+        warnings.simplefilter(
+            "ignore"
+        )  # torch.jit is deprecated in favour of torch.export, but loads anywhere
         traced = torch.jit.trace(model, x, check_trace=False)
         other = torch.cat([x, x[:1]])  # one more clip than traced with
         try:
@@ -142,17 +159,22 @@ def _torchscript(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
         return torch.jit.script(PerClip(torch.jit.trace(model, x[:1], check_trace=False)))
 
 
-def _onnx(model: nn.Module, x: torch.Tensor, out: Path, name: str) -> None:
-    """torch.onnx.export (dynamo) with a dynamic batch dimension, weights inside the one file."""
+def _onnx(model: nn.Module, x: torch.Tensor, out: Path, name: str) -> int | None:
+    """torch.onnx.export (dynamo), weights in the one file; the fixed batch size, or None if it is dynamic.
+
+    A model whose code specialises the batch size (e.g. `len(x)` in a reshape) is exported for batch 1.
+    """
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
         raise StecacheError("ONNX export needs the onnx extra: pip install 'stecache[onnx]'") from None
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            model, (x,), input_names=[name], output_names=["logits"], dynamic_shapes=({0: batch},), dynamo=True,
-            external_data=False, verbose=False,
-        )  # fmt: skip
+    kw = dict(input_names=[name], output_names=["logits"], dynamo=True, external_data=False, verbose=False)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program, fixed = torch.onnx.export(model, (x,), dynamic_shapes=({0: batch},), **kw), None
+        if isinstance(program.model.graph.inputs[0].shape[0], int):  # the exporter had to fix the batch
+            program, fixed = torch.onnx.export(model, (x[:1],), **kw), 1
     program.save(str(out))
+    return fixed

@@ -269,12 +269,14 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
         done = cache.done
         before = int(done.sum())
         extracted, failed = _run(cache, mine, done, dataset, backbone, views, cfg, device, rank)
+        per_rank = [extracted]
         if world > 1:
             import torch.distributed as dist
 
             gathered = [None] * world
             dist.all_gather_object(gathered, (extracted, failed))
-            extracted = sum(g[0] for g in gathered)
+            per_rank = [g[0] for g in gathered]
+            extracted = sum(per_rank)
             failed = [f for g in gathered for f in g[1]]
     seconds = time.perf_counter() - t0
     summary = {
@@ -283,6 +285,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
         "done": int(open_cache(cache_url).done.sum()),
         "already_done": before,
         "extracted": extracted,
+        "per_rank": per_rank,
         "failed": failed,
         "seconds": round(seconds, 3),
         "clips_per_s": round(extracted / seconds, 3) if seconds else None,

@@ -81,7 +81,7 @@ class STEBlock(nn.Module):
     Dropout(drop) with a pre-norm LayerNorm(eps 1e-6) (`mlp_norm`), drop-path on its residual; no norm
     before TI/SE, so eq. 1–2 hold as written. `fused` computes eq. 1–2 as ONE conv whose kernel is built
     each forward from the separate parameters (zero-pad each to the longest kernel, sum, add 2·I at the
-    centre tap when `fold_identity`), so gradients still reach every kernel.
+    centre tap when `fold_identity`, except under autocast), so gradients still reach every kernel.
     """
 
     def __init__(
@@ -106,24 +106,26 @@ class STEBlock(nn.Module):
         self.drop, self.drop_path = nn.Dropout(drop), drop_path
         self.fused, self.fold_identity = fused, fold_identity
 
-    def merged_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def merged_kernel(self, fold_identity: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One [c, c, kmax, 1, 1] kernel + bias equal to Σ_k conv_k (+ 2·identity at the centre tap)."""
         kmax = max(conv.kernel_size[0] for conv in self.ti)
-        weight = sum(F.pad(conv.weight, (0, 0, 0, 0, (kmax - k) // 2, (kmax - k) // 2))
-                     for conv in self.ti for k in [conv.kernel_size[0]])  # fmt: skip
-        bias = sum(conv.bias for conv in self.ti)
-        if self.fold_identity:
-            weight = weight.clone()
+        weight = 0
+        for conv in self.ti:
+            p = (kmax - conv.kernel_size[0]) // 2
+            weight = weight + F.pad(conv.weight, (0, 0, 0, 0, p, p))  # zero taps at both ends
+        if fold_identity:
             weight[:, :, kmax // 2, 0, 0].diagonal().add_(2.0)
-        return weight, bias
+        return weight, sum(conv.bias for conv in self.ti)
 
     def temporal(self, x: torch.Tensor) -> torch.Tensor:  # x0 + TI(x0): [B, c, n, h, w] -> same
         if not self.fused:
             ti = x + sum(conv(x) for conv in self.ti)  # eq. 1
             return x + ti  # the argument of SE in eq. 2
-        weight, bias = self.merged_kernel()
+        # under autocast the kernel is cast to bf16, where 2 + w would swamp the small diagonal weights
+        fold = self.fold_identity and not torch.is_autocast_enabled(x.device.type)
+        weight, bias = self.merged_kernel(fold)
         y = F.conv3d(x, weight, bias, padding=(weight.shape[2] // 2, 0, 0))
-        return y if self.fold_identity else y + 2 * x
+        return y if fold else y + 2 * x
 
     def spatial(self, x: torch.Tensor) -> torch.Tensor:  # SE per frame: [B, c, n, h, w] -> same
         B, c, n, h, w = x.shape
@@ -240,7 +242,8 @@ class STEHead(_Head):
         super().__init__()
         self._setup(feature_shape, num_classes, depth, autocast)
         n, c, h, w = feature_shape
-        if any(k < 1 or k % 2 == 0 for k in ti_kernels) or se_kernel < 1 or se_kernel % 2 == 0:
+        kernels = (*ti_kernels, se_kernel)
+        if not ti_kernels or any(k < 1 or k % 2 == 0 for k in kernels):
             raise HeadConfigError(f"ti_kernels {tuple(ti_kernels)} and se_kernel {se_kernel} must be odd")
         block = dict(ti_kernels=tuple(ti_kernels), se_kernel=se_kernel, mlp_ratio=mlp_ratio,
                      mlp_norm=mlp_norm, drop=drop, drop_path=drop_path, eps=eps, fused=fused,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,7 +155,9 @@ def load_predictor(
     rec = read_run(run)
     attrs = rec["cache_attrs"]
     if "backbone" not in attrs or not isinstance(attrs["backbone"], dict):
-        raise RunError(f"{run}: its cache records no backbone provenance (imported features?); cannot predict")
+        raise RunError(
+            f"{run}: its cache records no backbone provenance (imported features?); cannot predict"
+        )
     prov = attrs["backbone"]
     sampling = Sampling.from_dict(attrs.get("sampling", prov["sampling"]))
     preprocess = Preprocess.from_dict(attrs.get("preprocess", prov["preprocess"]))
@@ -204,7 +207,12 @@ class _Loader(torch.utils.data.Dataset):
     """Loads the views of file j, or the reason it cannot (runs in DataLoader workers)."""
 
     def __init__(self, pred: Predictor, paths: list[Path]):
-        self.sampling, self.preprocess, self.v, self.paths = pred.sampling, pred.preprocess, pred.num_views, paths
+        self.sampling, self.preprocess, self.v, self.paths = (
+            pred.sampling,
+            pred.preprocess,
+            pred.num_views,
+            paths,
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -219,7 +227,7 @@ class _Loader(torch.utils.data.Dataset):
 def predict_files(
     pred: Predictor, paths: list[Path], batch_size: int = 4, workers: int = 0, progress: bool = True
 ) -> list[dict]:
-    """One result per file, in order: {"path", "probs" [K] or None, "error" or None}; bad files are skipped."""
+    """A result per file, in order: {"path", "probs" [K] or None, "error" or None}; bad files are skipped."""
     from tqdm import tqdm
 
     loader = torch.utils.data.DataLoader(
@@ -239,7 +247,7 @@ def predict_files(
         for j, x, err in loader:
             if err:
                 results[j]["error"] = err
-                bar.write(f"skipped {paths[j]}: {err}")
+                bar.write(f"skipped {paths[j]}: {err}", file=sys.stderr)
             else:
                 pending.append((j, x))
                 if len(pending) == batch_size:
@@ -275,7 +283,9 @@ def format_rows(records: list[dict], fmt: str = "table", multi_label: bool = Fal
             if r["error"]:
                 w.writerow([r["path"], "", "", "", "", r["error"]])
             for i, t in enumerate(r["top"], 1):
-                w.writerow([r["path"], i, t["class"], f"{t['score']:.6f}", int(t["class"] in r["predicted"]), ""])
+                w.writerow(
+                    [r["path"], i, t["class"], f"{t['score']:.6f}", int(t["class"] in r["predicted"]), ""]
+                )
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise ValueError(f"format {fmt!r}: expected table, json or csv")
@@ -288,7 +298,7 @@ def format_rows(records: list[dict], fmt: str = "table", multi_label: bool = Fal
             lines.append(f"  FAILED  {r['error']}")
         for i, t in enumerate(r["top"], 1):
             star = "*" if t["class"] in r["predicted"] else " "
-            lines.append(f"  {i:>2}  {t['class']:<{width}}  {100 * t['score']:6.2f}%  {star}")
+            lines.append(f"  {i:>2}  {t['class']:<{width}}  {100 * t['score']:6.2f}%  {star}".rstrip())
         if multi_label and not r["error"]:
             lines.append(f"  labels: {', '.join(r['predicted']) or '(none above threshold)'}")
     return "\n".join(lines)
@@ -310,7 +320,7 @@ def video_info(path: str | Path) -> tuple[int, float]:
 
 
 def windows(total: int, fps: float, window: float, stride: float) -> list[tuple[int, int]]:
-    """[start, stop) frame ranges of `window`-second windows every `stride` seconds; the last one ends the video."""
+    """[start, stop) frames of `window`-second windows every `stride` seconds; the last one ends the video."""
     if window <= 0 or stride <= 0:
         raise StecacheError(f"--window {window} and --stride {stride} must be > 0 seconds")
     length, step = max(1, round(window * fps)), max(1, round(stride * fps))
@@ -379,7 +389,14 @@ def timeline(pred: Predictor, path: str | Path, window: float, stride: float, pr
                 flush()
     flush()
     bar.close()
-    return {"path": str(path), "fps": fps, "frames": total, "window": window, "stride": stride, "windows": out}
+    return {
+        "path": str(path),
+        "fps": fps,
+        "frames": total,
+        "window": window,
+        "stride": stride,
+        "windows": out,
+    }
 
 
 def _assemble(frames: dict[int, torch.Tensor], ix: np.ndarray) -> torch.Tensor:
@@ -388,54 +405,81 @@ def _assemble(frames: dict[int, torch.Tensor], ix: np.ndarray) -> torch.Tensor:
     return torch.stack(clips, 1).flatten(0, 1)  # [crops, clips, ...] -> [V, 3, T, S, S]
 
 
-def write_timeline(result: dict, class_names, out_dir: str | Path, multi_label=False, threshold=0.5) -> list[Path]:
-    """timeline CSV + JSON + PNG for one video into out_dir; returns the written paths."""
+def timeline_record(result: dict, class_names, multi_label=False, threshold=0.5) -> dict:
+    """The JSON-able timeline of `timeline(...)`: per window start, end, top class and every class score."""
+    rec = {**result, "class_names": list(class_names), "multi_label": multi_label, "threshold": threshold}
+    rec["windows"] = []
+    for w in result["windows"]:
+        p = np.asarray(w["probs"])
+        t = int(p.argmax())
+        scores = {c: round(float(x), 6) for c, x in zip(class_names, p, strict=True)}
+        span = {"start": round(w["start"], 4), "end": round(w["end"], 4)}
+        rec["windows"].append(
+            {**span, "top": class_names[t], "score": round(float(p[t]), 6), "scores": scores}
+        )
+    return rec
+
+
+def timeline_csv(rec: dict) -> str:
+    """One CSV line per window: path, start, end, top, score, then a column per class."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "start", "end", "top", "score", *rec["class_names"]])
+    for win in rec["windows"]:
+        row = [rec["path"], f"{win['start']:.3f}", f"{win['end']:.3f}", win["top"], f"{win['score']:.6f}"]
+        w.writerow(row + [f"{win['scores'][c]:.6f}" for c in rec["class_names"]])
+    return buf.getvalue().rstrip("\n")
+
+
+def format_segments(rec: dict) -> str:
+    """Readable summary: runs of consecutive windows with the same top class, with their mean score."""
+    lines = [f"{rec['path']}: {len(rec['windows'])} windows of {rec['window']} s every {rec['stride']} s"]
+    runs: list[list] = []
+    for win in rec["windows"]:
+        if runs and runs[-1][2] == win["top"]:
+            runs[-1][1], runs[-1][3] = win["end"], runs[-1][3] + [win["score"]]
+        else:
+            runs.append([win["start"], win["end"], win["top"], [win["score"]]])
+    for a, b, top, scores in runs:
+        lines.append(f"  {a:8.2f} - {b:8.2f} s  {top:<20} {100 * np.mean(scores):6.2f}%")
+    return "\n".join(lines)
+
+
+def write_timeline(rec: dict, out_dir: str | Path) -> list[Path]:
+    """Write a `timeline_record` as <stem>.timeline.json, .csv and .png into out_dir; the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(result["path"]).stem
-    ws = result["windows"]
-    probs = np.array([w["probs"] for w in ws])  # [W, K]
-    top = probs.argmax(1)
-    js = {**result, "class_names": list(class_names), "multi_label": multi_label, "threshold": threshold}
-    js["windows"] = [
-        {"start": round(w["start"], 4), "end": round(w["end"], 4), "top": class_names[t], "score": float(p[t]),
-         "scores": {c: round(float(x), 6) for c, x in zip(class_names, p, strict=True)}}
-        for w, p, t in zip(ws, probs, top, strict=True)
-    ]  # fmt: skip
-    paths = [out_dir / f"{stem}.timeline.json", out_dir / f"{stem}.timeline.csv", out_dir / f"{stem}.timeline.png"]
-    paths[0].write_text(json.dumps(js, indent=2) + "\n")
-    with open(paths[1], "w", newline="") as f:
-        wr = csv.writer(f)
-        wr.writerow(["start", "end", "top", "score", *class_names])
-        for w, p, t in zip(ws, probs, top, strict=True):
-            wr.writerow([f"{w['start']:.3f}", f"{w['end']:.3f}", class_names[t], f"{p[t]:.6f}"] + [f"{x:.6f}" for x in p])
-    _plot(ws, probs, class_names, result, paths[2], multi_label, threshold)
+    paths = [out_dir / f"{Path(rec['path']).stem}.timeline{ext}" for ext in (".json", ".csv", ".png")]
+    paths[0].write_text(json.dumps(rec, indent=2) + "\n")
+    paths[1].write_text(timeline_csv(rec) + "\n")
+    _plot(rec, paths[2])
     return paths
 
 
-def _plot(ws, probs, class_names, result, path: Path, multi_label: bool, threshold: float) -> None:
-    """Heat map of class scores over time (window centres), top class per window marked."""
+def _plot(rec: dict, path: Path) -> None:
+    """Heat map of class scores over time (window centres); top (or above-threshold) classes marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names, ws = rec["class_names"], rec["windows"]
+    probs = np.array([[w["scores"][c] for c in names] for w in ws])  # [W, K]
     centres = np.array([(w["start"] + w["end"]) / 2 for w in ws])
-    k = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 0.3 * len(ws) + 4)), 1.0 + 0.35 * k))
-    half = result["stride"] / 2
+    k, half = len(names), rec["stride"] / 2
+    fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 0.3 * len(ws) + 4)), 1.2 + 0.35 * k))
     im = ax.imshow(
         probs.T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
         extent=(centres[0] - half, centres[-1] + half, -0.5, k - 0.5),
     )  # fmt: skip
-    if multi_label:
-        ys, xs = np.nonzero(probs.T >= threshold)
-        ax.scatter(centres[xs], ys, marker="s", s=12, c="w", label=f"score >= {threshold:.2f}")
+    if rec["multi_label"]:
+        xs, ys = np.nonzero(probs >= rec["threshold"])
+        ax.scatter(centres[xs], ys, marker="s", s=14, c="w", label=f"score >= {rec['threshold']:.2f}")
     else:
-        ax.scatter(centres, probs.argmax(1), marker="o", s=12, c="w", label="top class")
-    ax.set_yticks(range(k), class_names)
+        ax.scatter(centres, probs.argmax(1), marker="o", s=14, c="w", label="top class")
+    ax.set_yticks(range(k), names)
     ax.set_xlabel("time (s), window centre")
-    ax.set_title(f"{Path(result['path']).name}: {result['window']} s windows every {result['stride']} s")
+    ax.set_title(f"{Path(rec['path']).name}: {rec['window']} s windows every {rec['stride']} s")
     ax.legend(loc="upper right", fontsize="small")
     fig.colorbar(im, ax=ax, label="probability")
     fig.tight_layout()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +85,14 @@ def backbone_of(rec: dict) -> str:
 
 
 def dataset_of(rec: dict) -> str:
-    return rec.get("dataset") or Path(str(rec.get("cache", "?"))).stem
+    """The record's dataset name; else the cache name without the backbone ("tv-videomaev2.zarr" -> "tv")."""
+    if rec.get("dataset"):
+        name = rec["dataset"]
+        return name if isinstance(name, str) else str(name.get("name", name))
+    path = Path(str(rec.get("cache", "?")).rstrip("/"))
+    bb = backbone_of(rec)
+    rest = path.stem.replace(bb, "").strip("-_. ") if bb != "?" else path.stem
+    return rest or path.parent.name
 
 
 def _hyperparams(rec: dict) -> str:
@@ -155,7 +161,8 @@ class Table:
         best = self.best()
         lines = [f"| | {' | '.join(self.cols)} |", "|---" * (len(self.cols) + 1) + "|"]
         for i, (name, row) in enumerate(zip(self.rows, self.cells, strict=True)):
-            cells = ["—" if c is None else (f"**{c.fmt()}**" if best.get(j) == i else c.fmt()) for j, c in enumerate(row)]
+            cells = ["—" if c is None else c.fmt() for c in row]
+            cells = [f"**{c}**" if best.get(j) == i else c for j, c in enumerate(cells)]
             lines.append(f"| {name} | {' | '.join(cells)} |")
         return f"### {self.title}\n\n" + "\n".join(lines) + (f"\n\n{self.note}" if self.note else "")
 
@@ -190,7 +197,9 @@ def table_i(results: list[dict]) -> Table | None:
         for label, alts in TABLE_I_ROWS:
             row = []
             for ds in datasets:
-                runs = [r for rs in caches.values() if backbone_of(rs[0]) == bb and dataset_of(rs[0]) == ds for r in rs]
+                runs = [
+                    r for rs in caches.values() for r in rs if (backbone_of(r), dataset_of(r)) == (bb, ds)
+                ]
                 sel = select(runs, alts) if runs else []
                 row.append(_cell(sel, main_metric(bool(sel[0].get("multi_label")))) if sel else None)
             rows.append(f"{bb} + {label}")
@@ -321,24 +330,84 @@ def write_report(results_path: str | Path, out: str | Path, plots: bool = True) 
 # ---- Fig. 1: correlation among positions ----------------------------------------------------------------
 
 
-def position_correlation(x) -> np.ndarray:
+def _corr_sum(x) -> np.ndarray:
+    """Σ over clips of the [P, P] position correlation of x [N, n, c, h, w] (float64)."""
+    import torch
+
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    if x.ndim != 5:
+        raise ValueError(f"position correlation expects [N, n, c, h, w], got {tuple(x.shape)}")
+    tokens = x.permute(0, 1, 3, 4, 2).flatten(1, 3)  # [N, P, c]
+    tokens = tokens - tokens.mean(-1, keepdim=True)
+    tokens = tokens / tokens.norm(dim=-1, keepdim=True)
+    return torch.einsum("npc,nqc->pq", tokens, tokens).numpy()  # [P, P]
+
+
+def position_correlation(x, chunk: int = 16) -> np.ndarray:
     """Mean over clips of the Pearson correlation between the c-dim features at the n·h·w positions.
 
     x: [N, n, c, h, w] -> [P, P] with P = n·h·w (position order n, h, w); per clip this is
     `np.corrcoef(tokens)` with tokens [P, c]. A constant token gives NaN, like numpy.
     """
-    import torch
-
-    x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
-    if x.ndim != 5:
-        raise ValueError(f"position_correlation expects [N, n, c, h, w], got {tuple(x.shape)}")
-    tokens = x.permute(0, 1, 3, 4, 2).flatten(1, 3)  # [N, P, c]
-    tokens = tokens - tokens.mean(-1, keepdim=True)
-    tokens = tokens / tokens.norm(dim=-1, keepdim=True)
-    return (tokens @ tokens.transpose(1, 2)).mean(0).numpy()  # [P, P]
+    total = sum(_corr_sum(x[i : i + chunk]) for i in range(0, len(x), chunk))
+    return total / len(x)
 
 
 def mean_off_diagonal(corr: np.ndarray) -> float:
     """Mean of the off-diagonal entries of a [P, P] matrix (NaN entries skipped)."""
     mask = ~np.eye(len(corr), dtype=bool)
     return float(np.nanmean(corr[mask]))
+
+
+def correlation_maps(target: str | Path, out: str | Path, split: str = "val", max_clips: int = 256) -> str:
+    """Fig. 1: position-correlation heat maps of a cache (raw) or a run (raw | after its head's blocks)."""
+    import torch
+
+    from . import train as T
+    from .cache import open_cache
+
+    target = Path(target)
+    head, name = None, target.name.removesuffix(".zarr")
+    if (target / "config.json").exists():  # a run folder
+        from safetensors.torch import load_file
+
+        rec = json.loads((target / "config.json").read_text())
+        cfg = T.TrainConfig.from_dict(rec["config"])
+        cache = open_cache(rec["cache"]["url"])
+        head = T.make_head(cfg, cache).eval()
+        weights = target / "best.safetensors"
+        if not weights.exists():
+            raise ResultsError(f"{target}: run has no best.safetensors yet (train it first)")
+        head.load_state_dict(load_file(str(weights)))
+        label = f"after {cfg.head} d{cfg.depth} blocks"
+    else:
+        cache = open_cache(str(target))
+    rows = cache.rows(split)[:max_clips]
+    if len(rows) == 0:
+        raise ResultsError(f"{cache.url}: no extracted clips in split {split!r}")
+    maps, sums = {"raw cache features": 0.0}, {}
+    if head is not None:
+        maps[label] = 0.0
+    for i in range(0, len(rows), 16):
+        x = cache.read(rows[i : i + 16]).astype(np.float32)  # [b, n, c, h, w]
+        maps["raw cache features"] = maps["raw cache features"] + _corr_sum(x)
+        if head is not None:
+            with torch.no_grad():
+                maps[label] = maps[label] + _corr_sum(head.blocks_output(torch.from_numpy(x)))
+    maps = {k: v / len(rows) for k, v in maps.items()}
+    sums = {k: mean_off_diagonal(v) for k, v in maps.items()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"correlation_{name}_{split}.png"
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 4.2), squeeze=False)
+    for ax, (title, corr) in zip(axes[0], maps.items(), strict=True):
+        im = ax.imshow(corr, cmap="jet", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(f"{title}\nmean off-diagonal r = {sums[title]:.3f}", fontsize=9)
+        ax.set_xlabel("position (n, h, w)")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.suptitle(f"Pearson r between positions, {len(rows)} {split} clips of {cache.url}", fontsize=8)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    lines = [f"{k:<28} mean off-diagonal correlation {v:.4f}" for k, v in sums.items()]
+    return "\n".join(lines + [f"heat maps: {png}"])

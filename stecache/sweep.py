@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 # Table presets: head specs; Table I runs on every cache, II and III on the first cache only.
 # The patch_base_classifier row of Table II is `ste` at depth 0 (the same head; report.py maps it).
-TABLES = {"I": ("meanfc", "tr:1", "ste:1"), "II": ("meanfc", "ste:0", "stemean:1", "ste:1"), "III": ("ste:0-4",)}
+TABLES = {
+    "I": ("meanfc", "tr:1", "ste:1"),
+    "II": ("meanfc", "ste:0", "stemean:1", "ste:1"),
+    "III": ("ste:0-4",),
+}
 # TrainConfig fields that only change a head, not the batches it sees; every other field is a data key
 HEAD_FIELDS = {"head", "depth", "head_options", "lr", "warmup_epochs", "weight_decay", "tune_threshold"}
 
@@ -52,7 +56,7 @@ class Job:
 
 
 def parse_heads(spec: str | list[str]) -> list[tuple[str, int | None]]:
-    """"meanfc,tr:1,ste:0-4" -> [(meanfc, None), (tr, 1), (ste, 0), ..., (ste, 4)]."""
+    """ "meanfc,tr:1,ste:0-4" -> [(meanfc, None), (tr, 1), (ste, 0), ..., (ste, 4)]."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out = []
     for item in (s.strip() for s in items if s.strip()):
@@ -66,7 +70,8 @@ def parse_heads(spec: str | list[str]) -> list[tuple[str, int | None]]:
             else:
                 out.append((name, int(depths)))
         except ValueError:
-            raise SweepError(f"head spec {item!r}: expected NAME, NAME:DEPTH or NAME:LO-HI (e.g. ste:0-4)") from None
+            msg = f"head spec {item!r}: expected NAME, NAME:DEPTH or NAME:LO-HI (e.g. ste:0-4)"
+            raise SweepError(msg) from None
     return out
 
 
@@ -134,8 +139,11 @@ def estimate_bytes(cfg: T.TrainConfig, feature_shape, num_classes: int) -> tuple
         saved[0] += t.numel() * t.element_size()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        head(x)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            head(x)
+    except (RuntimeError, NotImplementedError):  # an op without a meta kernel: a coarse bound instead
+        saved[0] = 4 * x.numel() * (4 + 16 * (cfg.depth or 0))
     params = sum(p.numel() * 4 for p in head.parameters())
     return 3 * params, params + saved[0]
 
@@ -317,13 +325,7 @@ def run_sweep(
         echo(f"{url}: {len(mine)} runs, {len(mine) - len(todo)} already in {out / 'results.jsonl'}")
         if not todo:
             continue
-        splits: dict[tuple, D.SplitData] = {}
-
-        def split(name: str, views: bool, limit):
-            if (name, views) not in splits:
-                splits[(name, views)] = D.load_split(cache, name, views=views, limit=limit)
-            return splits[(name, views)]
-
+        splits: dict[tuple, D.SplitData] = {}  # loaded once per cache, shared by all data keys
         by_key: dict[tuple, list] = {}
         for c in todo:  # a resumed head can only share a pass with heads at the same epoch
             start = _resume_epoch(out / T.run_name(c, cache))
@@ -332,14 +334,16 @@ def run_sweep(
             sizes = [estimate_bytes(c, cache.feature_shape, len(cache.class_names)) for c in cfgs]
             groups = group_by_memory(sizes, cap)
             c0 = cfgs[0]
-            echo(f"  data key seed={c0.seed} batch={c0.batch_size} epochs={c0.epochs}"
-                 f"{f' from epoch {start + 1}' if start else ''}: {len(cfgs)} heads in {len(groups)} pass(es) "
-                 f"under {cap / 2**20:.0f} MiB: " + "; ".join(
-                     f"{len(g)} heads ~{(sum(sizes[i][0] for i in g) + max(sizes[i][1] for i in g)) / 2**20:.1f} MiB"
-                     for g in groups))  # fmt: skip
-            train_split = split("train", c0.train_views == "random", c0.ram_limit)
+            mib = [(sum(sizes[i][0] for i in g) + max(sizes[i][1] for i in g)) / 2**20 for g in groups]
+            echo(
+                f"  data key seed={c0.seed} batch={c0.batch_size} epochs={c0.epochs}"
+                f"{f' from epoch {start + 1}' if start else ''}: {len(cfgs)} heads in {len(groups)} pass(es)"
+                f" under {cap / 2**20:.0f} MiB: "
+                + "; ".join(f"{len(g)} heads ~{m:.1f} MiB" for g, m in zip(groups, mib, strict=True))
+            )
+            train_split = _split(splits, cache, "train", c0.train_views == "random", c0.ram_limit)
             T._check_classes(cache, train_split)
-            val_split = split("val", c0.test_views == "all", c0.ram_limit)
+            val_split = _split(splits, cache, "val", c0.test_views == "all", c0.ram_limit)
             for g in groups:
                 runs = [make_run(cfgs[i], cache, out / T.run_name(cfgs[i], cache), device, failed) for i in g]
                 t0 = time.perf_counter()
@@ -349,6 +353,13 @@ def run_sweep(
                     echo(f"    {r.out.name}: val {_fmt(results[-1], 'val')} test {_fmt(results[-1], 'test')}")
                 echo(f"    pass of {len(runs)} heads: {time.perf_counter() - t0:.1f} s")
     return results
+
+
+def _split(splits: dict, cache, name: str, views: bool, limit) -> D.SplitData:
+    """Split `name` of the cache, loaded on first use and kept in `splits`."""
+    if (name, views) not in splits:
+        splits[(name, views)] = D.load_split(cache, name, views=views, limit=limit)
+    return splits[(name, views)]
 
 
 def _resume_epoch(run_dir: Path) -> int:

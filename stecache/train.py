@@ -106,13 +106,13 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.T
 def predict(head, split: D.SplitData, multi_label: bool, batch_size: int = 64, device="cpu") -> np.ndarray:
     """Probabilities [M, K] (sigmoid or softmax), averaged over the split's stored views."""
     head.eval()
-    out = []
-    for _, x in D.batches(split, np.arange(len(split)), batch_size):  # x: [b, V, n, c, h, w]
+    out = np.zeros((len(split), len(split.labels[0])))
+    for pos, x in D.prefetch(D.batches(split, np.arange(len(split)), batch_size)):  # x: [b, V, n, c, h, w]
         x = D.to_tensor(x, device)
         logits = torch.stack([head(x[:, v]) for v in range(x.shape[1])], 1)  # [b, V, K]
         probs = torch.sigmoid(logits) if multi_label else logits.softmax(-1)
-        out.append(probs.mean(1).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+        out[pos] = probs.mean(1).cpu().numpy()
+    return out
 
 
 def _summary(m: dict) -> dict:
@@ -250,6 +250,7 @@ def train(
             bar.update()
             bar.set_postfix(loss=f"{loss.item() / max(1, len(pos[mine])):.4f}")
         bar.close()
+        train_seconds = time.perf_counter() - t0
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
         entry = {"epoch": epoch + 1, "loss": float(loss_sum[0] / loss_sum[1]), "lr": lr}
@@ -261,7 +262,11 @@ def train(
             if val[key] > best:
                 best, best_epoch = val[key], epoch + 1
                 _save(head.state_dict(), out / "best.safetensors")
-            entry |= {"seconds": time.perf_counter() - t0, "data_wait_seconds": wait}
+            entry |= {
+                "seconds": time.perf_counter() - t0,
+                "train_seconds": train_seconds,
+                "data_wait_seconds": wait,
+            }
             history.append(entry)
             _save(head.state_dict(), out / "last.safetensors")
             ckpt = dict(head=head.state_dict(), optimizer=opt.state_dict(), rng=torch.get_rng_state(),
@@ -414,9 +419,10 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
 def format_metrics(result: dict, class_names=None) -> str:
     """A readable table of an `evaluate` result."""
     lines = [f"{result['run']} — split {result['split']} ({result['clips']} clips)"]
-    for title, m in [("", result["metrics"])] + (
-        [("val-tuned ", result["tuned"])] if "tuned" in result else []
-    ):
+    tables = [("", result["metrics"])]
+    if "tuned" in result and result["tuned"]["threshold"] != result["metrics"]["threshold"]:
+        tables.append(("val-tuned ", result["tuned"]))
+    for title, m in tables:
         if "threshold" in m:
             lines.append(f"  {title}threshold {m['threshold']:.2f}")
         lines += [f"    {k:<16} {100 * v:6.2f}" for k, v in _summary(m).items() if k != "threshold"]

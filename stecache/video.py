@@ -22,7 +22,7 @@ from .config import Config, ConfigError
 from .errors import CorruptVideo, EmptyVideo, MissingVideo, NoVideoStream
 
 __all__ = ["Clip", "Dataset", "Sampling", "Preprocess", "sample_frames", "uniform_sample", "frame_indices"]
-__all__ += ["count_frames", "decode_frames", "load_clip", "preprocess_frames", "resized_size"]
+__all__ += ["count_frames", "decode_frames", "load_clip", "preprocess_frames", "crop_views", "resized_size"]
 __all__ += ["read_annotations", "read_classes", "load_dataset_dir"]
 
 
@@ -189,7 +189,7 @@ def decode_frames(path: str | Path, indices) -> np.ndarray:
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i in needed:
-                    got[i] = frame.to_ndarray(format="rgb24")
+                    got[i] = frame.to_rgb().to_ndarray()  # as mmaction2 PyAVDecode
                 if i >= last:
                     break
         except av.FFmpegError as e:
@@ -224,35 +224,49 @@ def crop_offsets(h: int, w: int, size: int, crop: str) -> list[tuple[int, int]]:
     return [(0, left), (2 * step, left), (step, left)]
 
 
-def preprocess_frames(frames: np.ndarray | torch.Tensor, num_clips: int, p: Preprocess) -> torch.Tensor:
-    """uint8 RGB frames [num_clips*T, H, W, 3] -> normalised float32 views [V, 3, T, S, S], crop-major.
+def crop_views(frames: np.ndarray | torch.Tensor, p: Preprocess, chunk: int = 16) -> torch.Tensor:
+    """uint8 RGB frames [M, H, W, 3] -> resized, cropped, normalised float32 [crops, M, 3, S, S].
 
     Resize is bilinear with half-pixel centres and no antialiasing, i.e. cv2.INTER_LINEAR as mmcv uses;
     we stay in float (mmcv rounds to uint8 after resizing, a difference of at most half a grey level).
+    Frames go through in chunks so a long full-HD clip never sits in memory as float at full size.
     """
-    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float()  # [M, 3, H, W]
-    h, w = x.shape[-2:]
+    frames = torch.as_tensor(frames)
+    h, w = frames.shape[1:3]
     size = (p.crop_size, p.crop_size) if p.crop == "resize" else resized_size(h, w, p.short_side)
-    if size != (h, w):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-    if p.crop == "resize":
-        crops = [x]
-    else:
-        c = p.crop_size
-        crops = [x[:, :, t : t + c, left : left + c] for t, left in crop_offsets(*size, c, p.crop)]
-    x = torch.stack(crops)  # [crops, M, 3, S, S]
+    boxes = [(0, 0)] if p.crop == "resize" else crop_offsets(*size, p.crop_size, p.crop)
+    c = p.crop_size
+    out = []
+    for part in frames.split(chunk):
+        x = part.permute(0, 3, 1, 2).float()  # [m, 3, H, W]
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+        out.append(
+            torch.stack([x[:, :, t : t + c, left : left + c] for t, left in boxes])
+        )  # [crops, m, 3, S, S]
+    x = torch.cat(out, dim=1)
     mean = torch.tensor(p.mean, dtype=torch.float32).view(1, 1, 3, 1, 1)
     std = torch.tensor(p.std, dtype=torch.float32).view(1, 1, 3, 1, 1)
-    x = (x - mean) / std
+    return (x - mean) / std
+
+
+def arrange_views(x: torch.Tensor, num_clips: int) -> torch.Tensor:
+    """[crops, num_clips*T, 3, S, S] -> [V, 3, T, S, S] with V = crop * num_clips + clip (mmaction2 NCTHW)."""
     n_crops, m = x.shape[:2]
     x = x.reshape(n_crops, num_clips, m // num_clips, *x.shape[2:])  # [crops, clips, T, 3, S, S]
     x = x.permute(0, 1, 3, 2, 4, 5)  # [crops, clips, 3, T, S, S]
-    return x.reshape(n_crops * num_clips, *x.shape[2:]).contiguous()  # [V, 3, T, S, S], V = crop*clips + clip
+    return x.reshape(n_crops * num_clips, *x.shape[2:]).contiguous()
+
+
+def preprocess_frames(frames: np.ndarray | torch.Tensor, num_clips: int, p: Preprocess) -> torch.Tensor:
+    """uint8 RGB frames [num_clips*T, H, W, 3] -> normalised float32 views [V, 3, T, S, S], crop-major."""
+    return arrange_views(crop_views(frames, p), num_clips)
 
 
 def load_clip(path: str | Path, sampling: Sampling, preprocess: Preprocess, rng=None) -> torch.Tensor:
     """Decode, sample and preprocess one video: float32 [V, 3, T, H, W], V = crops * num_clips, crop-major."""
     total = count_frames(path)
-    inds = frame_indices(sampling, total, rng)  # [num_clips, T]
-    frames = decode_frames(path, inds.reshape(-1))  # [num_clips*T, H, W, 3]
-    return preprocess_frames(frames, sampling.num_clips, preprocess)
+    inds = frame_indices(sampling, total, rng).reshape(-1)  # [num_clips*T]
+    uniq, inverse = np.unique(inds, return_inverse=True)  # short clips repeat frames: process each once
+    views = crop_views(decode_frames(path, uniq), preprocess)  # [crops, U, 3, S, S]
+    return arrange_views(views[:, torch.as_tensor(inverse.reshape(-1))], sampling.num_clips)

@@ -210,3 +210,21 @@ def test_import_foreign_hdf5(tmp_path):
     assert c.done.all() and c.clip_id[3] == "row000003" and c.attrs["backbone"]["name"] == "hdf5:other.h5"
     with pytest.raises(StecacheError, match="no dataset 'labels'"):
         import_h5(tmp_path / "other.h5", tmp_path / "p.zarr", features="feats")
+
+
+def test_raw_fast_path_equals_zarr_reads(tmp_path):
+    from stecache.cache.raw import take as _take
+
+    cache = _make(tmp_path / "c.zarr", views=2, shard_size=4)
+    ref = _fill(cache)
+    cache.write_shard(4, ref[4:8, 0], ref[4:8, 1:], np.array([1, 0, 1, 1], bool), ["", "x", "", ""])
+    c = open_cache(tmp_path / "c.zarr")
+    assert c._raw_dir("features") is not None and c._raw_dir("views") is not None
+    rows = [9, 0, 5, 5, 3, 8, 1]  # across shards, the partial last shard, repeats, any order
+    np.testing.assert_array_equal(c.read(rows), _take(c._features, rows))
+    np.testing.assert_array_equal(c.read_views(rows), ref[rows].astype(np.float16))
+    empty = _make(tmp_path / "e.zarr", shard_size=4)  # nothing written: rows read as the fill value 0
+    np.testing.assert_array_equal(empty.read([6, 1]), np.zeros((2, *SHAPE), np.float16))
+    with pytest.raises(IndexError):
+        c.read([10, 1])
+    assert open_cache(_make(tmp_path / "z.zarr", codec="lz4").url)._raw_dir("features") is None

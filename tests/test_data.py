@@ -33,25 +33,29 @@ def test_ram_and_streaming_serve_the_same_rows(toy, caplog):
     ram = D.load_split(toy, "train", views=True)
     stream = D.load_split(toy, "train", views=True, limit=1000)
     assert ram.in_ram and not stream.in_ram
-    assert "loaded into RAM" in caplog.text and "streaming by shard" in caplog.text
+    assert "loaded into RAM" in caplog.text and "streaming, 1 shard(s) of 8 rows" in caplog.text
     want = toy.read_views(ram.rows)  # [M, 3, n, c, h, w]
     np.testing.assert_array_equal(ram.features, want)
     order = D.epoch_rows(len(stream), seed=0, epoch=0)
     views = D.epoch_views(len(stream), 3, seed=0, epoch=0)
     for data in (ram, stream):
         seen = []
-        for pos, x in D.batches(data, order, 10, views):
+        for pos, x in D.batches(data, order, 10, views, seed=5):
             assert x.shape[1] == 1 and len(pos) <= 10
             np.testing.assert_array_equal(x[:, 0], want[pos, views[pos]])
             seen.append(pos)
         seen = np.concatenate(seen)
         assert sorted(seen) == list(range(len(data)))  # every row exactly once
-    ram_order = np.concatenate([p for p, _ in D.batches(ram, order, 10)])
-    np.testing.assert_array_equal(ram_order, order)  # in RAM: the sampler's order as is
+    for data in (ram, stream):  # in RAM, or without a seed (evaluation): the given order as is
+        np.testing.assert_array_equal(np.concatenate([p for p, _ in D.batches(data, order, 10)]), order)
+    shuffled = np.concatenate([p for p, _ in D.batches(stream, order, 10, seed=5)])
+    assert not np.array_equal(shuffled, order)
 
 
 def test_streaming_reads_stay_within_a_few_shards(toy):
     stream = D.load_split(toy, "train", limit=1)
+    assert stream.buffer_shards == 1  # the RAM limit caps the buffer too
+    stream.buffer_shards = D.BUFFER_SHARDS
     order = D.epoch_rows(len(stream), seed=1, epoch=3)
     groups = D.shard_order(stream, order, np.random.default_rng(0))
     np.testing.assert_array_equal(np.sort(np.concatenate(groups)), np.sort(order))

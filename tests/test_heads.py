@@ -294,6 +294,8 @@ def test_param_counts_at_base_shape():
         (("ste", SHAPE, K, 1), dict(patch=(2, 4, 4)), r"patch \(2, 4, 4\) does not tile the n×h×w = 4×6×4"),
         (("patch", SHAPE, K), dict(patch=(3, 1, 1)), "does not tile"),
         (("ste", SHAPE, K, 1), dict(ti_kernels=(3, 4)), "must be odd"),
+        (("ste", SHAPE, K, 1), dict(ti_kernels=()), "must be odd"),
+        (("ste", SHAPE, K, 1), dict(se_kernel=2), "se_kernel 2 must be odd"),
         (("stemean", SHAPE, K, 1), dict(patch=(2, 2, 2)), "stemean pools by mean"),
         (("tr", SHAPE, K, 1), dict(num_heads=3), "num_heads 3 does not divide the 16 channels"),
         (("tr", SHAPE, K, 1), dict(pos="rope"), "pos 'rope'"),

@@ -12,7 +12,9 @@ from stecache import report
 
 
 def _rec(head, depth, seed, test, val=None, *, backbone="vmae", dataset="synth", multi=False, lr=1e-3):
-    metric = {"macro_f1": test, "macro_recall": test - 0.1, "macro_precision": test + 0.1} if multi else {"acc1": test}
+    metric = {"acc1": test}
+    if multi:
+        metric = {"macro_f1": test, "macro_recall": test - 0.1, "macro_precision": test + 0.1}
     vmetric = {k: (val if val is not None else v) for k, v in metric.items()}
     return {
         "run": f"{head}{depth}-{seed}-{lr}",
@@ -42,7 +44,8 @@ def _full(multi=False, backbones=("vmae",)):
             recs += [_rec("meanfc", 0, s, 0.50 + 0.01 * s, backbone=bb, multi=multi)]
             recs += [_rec("tr", 1, s, 0.55 + 0.01 * s, backbone=bb, multi=multi)]
             recs += [_rec("stemean", 1, s, 0.56 + 0.01 * s, backbone=bb, multi=multi)]
-            recs += [_rec("ste", d, s, 0.60 + 0.1 * (d == 1) + 0.01 * s, backbone=bb, multi=multi) for d in range(5)]
+            for d in range(5):
+                recs += [_rec("ste", d, s, 0.60 + 0.1 * (d == 1) + 0.01 * s, backbone=bb, multi=multi)]
     return recs
 
 
@@ -113,7 +116,9 @@ def test_selection_on_val_picks_the_setting_then_reports_its_test():
 
 def test_table_i_two_backbones_two_datasets():
     recs = _full(backbones=("vmae", "unif"))
-    recs += [dict(r, dataset="other", cache_fingerprint=r["cache_fingerprint"] + "o") for r in _full(multi=True)]
+    recs += [
+        dict(r, dataset="other", cache_fingerprint="o" + r["cache_fingerprint"]) for r in _full(multi=True)
+    ]
     t1 = report.tables(recs)[0]
     assert len(t1.rows) == 6 and len(t1.cols) == 2
     assert t1.cols == ["other (F1)", "synth (Acc@1)"]
@@ -134,9 +139,41 @@ def test_bad_results_line_is_named(tmp_path):
 def test_position_correlation_equals_numpy_corrcoef():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 2, 5, 2, 3)).astype(np.float32)  # [N, n, c, h, w], P = 12
-    ref = np.mean([np.corrcoef(clip.transpose(0, 2, 3, 1).reshape(-1, 5)) for clip in x.astype(np.float64)], 0)
+    tokens = (
+        x.astype(np.float64).transpose(0, 1, 3, 4, 2).reshape(3, 12, 5)
+    )  # [N, P, c], P in (n, h, w) order
+    ref = np.mean([np.corrcoef(t) for t in tokens], 0)
     got = report.position_correlation(x)
     assert got.shape == (12, 12)
     np.testing.assert_allclose(got, ref, atol=1e-12)
     off = ref[~np.eye(12, dtype=bool)].mean()
     assert report.mean_off_diagonal(got) == pytest.approx(off)
+
+
+def test_dataset_name_falls_back_to_the_cache_name():
+    rec = {"cache": "work/cache/synth-multi-videomaev2-tiny.zarr", "backbone": "videomaev2-tiny"}
+    assert report.dataset_of(rec) == "synth-multi"
+    assert (
+        report.dataset_of({"cache": "w/tinyvirat/videomaev2.zarr/", "backbone": "videomaev2"}) == "tinyvirat"
+    )
+    assert report.dataset_of({"dataset": {"name": "atomica"}}) == "atomica"
+
+
+def test_correlation_maps_of_a_cache_and_a_run(tmp_path):
+    from test_sweep import BASE, make_cache
+
+    from stecache import sweep
+
+    url = make_cache(tmp_path / "c.zarr")
+    text = report.correlation_maps(url, tmp_path / "fig", split="val", max_clips=5)
+    assert "raw cache features" in text and (tmp_path / "fig" / "correlation_c_val.png").exists()
+    from stecache.cache import open_cache
+
+    c = open_cache(url)
+    x = c.read(c.rows("val")[:5]).astype(np.float32)
+    raw = report.mean_off_diagonal(report.position_correlation(x))
+    assert f"{raw:.4f}" in text
+    sweep.run_sweep(sweep.plan([url], heads="ste:1", base=BASE), tmp_path / "runs", progress=False, echo=str)
+    run = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    text = report.correlation_maps(run, tmp_path / "fig", max_clips=5)
+    assert "after ste d1 blocks" in text and text.count("mean off-diagonal") == 2

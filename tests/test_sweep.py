@@ -25,7 +25,8 @@ def make_cache(path, multi_label=False, n=72, k=3, seed=0):
     labels = [(int(i % k),) if not multi_label else tuple(sorted({i % k, (i * 7) % k})) for i in range(n)]
     clips = [Clip(f"c{i}", labels[i], splits[i]) for i in range(n)]
     prov = {"backbone": {"name": "fake"}, "dataset": "toy-multi" if multi_label else "toy"}
-    cache = create_cache(str(path), clips=clips, class_names=[f"k{j}" for j in range(k)], multi_label=multi_label,
+    names = [f"k{j}" for j in range(k)]
+    cache = create_cache(str(path), clips=clips, class_names=names, multi_label=multi_label,
                          feature_shape=SHAPE, num_views=1, provenance=prov, shard_size=16)  # fmt: skip
     feats = rng.normal(size=(n, *SHAPE)).astype(np.float32)
     for i, lab in enumerate(labels):
@@ -48,14 +49,19 @@ def _records(out):
     return {r["run"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
 
 
+def _losses(run_dir):
+    return [json.loads(x)["loss"] for x in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
 def test_one_pass_equals_separate_train_runs(cache_url, tmp_path):
-    jobs = sweep.plan([cache_url], heads="meanfc,tr:1,ste:1,stemean:1", seeds=[0, 1], base=BASE)
-    assert len(jobs) == 8
+    jobs = sweep.plan([cache_url], heads="meanfc,tr:1,ste:1,stemean:1", seeds=[0], base=BASE)
+    jobs += sweep.plan([cache_url], heads="ste:1", seeds=[1], base=BASE)  # a second data key
+    assert len(jobs) == 5
     sweep.run_sweep(jobs, tmp_path / "sweep", progress=False, echo=lambda s: None)
     for j in jobs:
         T.train(j.cfg, cache_url, runs_root=tmp_path / "alone", progress=False)
     a, b = _records(tmp_path / "sweep"), _records(tmp_path / "alone")
-    assert a.keys() == b.keys() and len(a) == 8
+    assert a.keys() == b.keys() and len(a) == 5
     for run, ra in a.items():
         rb = b[run]
         assert ra["best_epoch"] == rb["best_epoch"]
@@ -66,11 +72,12 @@ def test_one_pass_equals_separate_train_runs(cache_url, tmp_path):
         wb = load_file(str(tmp_path / "alone" / run / "best.safetensors"))
         for k in wb:
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
-        la = [json.loads(x)["loss"] for x in (tmp_path / "sweep" / run / "log.jsonl").read_text().splitlines()]
-        lb = [json.loads(x)["loss"] for x in (tmp_path / "alone" / run / "log.jsonl").read_text().splitlines()]
-        np.testing.assert_allclose(la, lb, rtol=1e-6)
+        np.testing.assert_allclose(
+            _losses(tmp_path / "sweep" / run), _losses(tmp_path / "alone" / run), rtol=1e-6
+        )
     # the heads really differ (the test would not notice a sweep that trained one head K times)
-    assert len({round(r["val"]["acc1"], 6) for r in a.values()} | {json.dumps(r["config"]) for r in a.values()}) > 8
+    losses = {_losses(tmp_path / "sweep" / run)[0] for run in a}
+    assert len(losses) == 5
 
 
 def test_memory_cap_changes_grouping_not_results(cache_url, tmp_path):

@@ -64,8 +64,8 @@ def test_every_head_beats_chance(toy, tmp_path, head):
     assert m["val"]["acc1"] >= 0.7, m["val"]
     assert m["test"]["acc1"] >= 0.7, m["test"]
     run = Path(m["run_dir"])
-    for name in ("config.json", "log.jsonl", "metrics.json", "best.safetensors", "last.safetensors", "last.pt",
-                 "confusion.png"):  # fmt: skip
+    files = ("config.json", "log.jsonl", "metrics.json", "best.safetensors", "last.safetensors", "last.pt")
+    for name in (*files, "confusion.png"):
         assert (run / name).exists(), name
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, 7))
@@ -122,7 +122,9 @@ def test_errors(toy, tmp_path):
     with pytest.raises(HeadConfigError, match="depth"):
         T.train(T.TrainConfig(head="tr", depth=0), toy, runs_root=tmp_path)
     with pytest.raises(HeadConfigError, match="does not tile"):
-        T.train(T.TrainConfig(head="ste", depth=1, head_options={"patch": [3, 2, 2]}), toy, runs_root=tmp_path)
+        T.train(
+            T.TrainConfig(head="ste", depth=1, head_options={"patch": [3, 2, 2]}), toy, runs_root=tmp_path
+        )
     with pytest.raises(TrainError, match="train_views"):
         T.TrainConfig(train_views="some")
 
@@ -135,8 +137,10 @@ def test_errors(toy, tmp_path):
         url = str(tmp_path / name)
         clips = [Row(f"c{i}", (lab,), s) for i, (lab, s) in enumerate(zip(labels, splits, strict=True))]
         c = create_cache(url, clips=clips, class_names=["a", "b", "c"], multi_label=False,
-                         feature_shape=(2, 4, 2, 2), num_views=1, provenance={"backbone": {"name": "t"}})  # fmt: skip
-        c.write_shard(0, np.zeros((len(clips), 2, 4, 2, 2)), None, np.ones(len(clips), bool), [""] * len(clips))
+                         feature_shape=(2, 4, 2, 2), num_views=1, provenance={"backbone": "t"})  # fmt: skip
+        c.write_shard(
+            0, np.zeros((len(clips), 2, 4, 2, 2)), None, np.ones(len(clips), bool), [""] * len(clips)
+        )
         return url
 
     no_c = tiny_cache("noc.zarr", ["train", "train", "val", "val"], [0, 1, 2, 0])
@@ -203,7 +207,10 @@ def test_resume_after_sigkill_is_identical(toy, tmp_path):
     assert _run([toy, tmp_path / "killed", epochs]).wait() == 0  # resumes automatically
     full = (tmp_path / "full" / "metrics.json").read_text()
     assert (tmp_path / "killed" / "metrics.json").read_text() == full
-    a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "killed" / "last.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "full" / "last.safetensors")),
+        load_file(str(tmp_path / "killed" / "last.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [e["epoch"] for e in _log(tmp_path / "killed")] == list(range(1, epochs + 1))
     losses = [(e["loss"], e["val"]) for e in _log(tmp_path / "full")]
@@ -224,7 +231,9 @@ def test_cli_train_and_evaluate(toy, tmp_path):
     r = runner.invoke(cli, ["evaluate", str(tmp_path / "cli"), "--split", "val"])
     assert r.exit_code == 0, r.output
     assert "split val (40 clips)" in r.output and "mean_class_acc" in r.output
-    r = runner.invoke(cli, ["train-head", "--head", "tr", "--depth", "0", "--cache", toy, "--runs", str(tmp_path)])
+    r = runner.invoke(
+        cli, ["train-head", "--head", "tr", "--depth", "0", "--cache", toy, "--runs", str(tmp_path)]
+    )
     assert r.exit_code == 1 and r.output.count("\n") == 1 and "depth" in r.output
     r = runner.invoke(cli, ["train-head", "--head", "bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
@@ -245,11 +254,22 @@ def test_ddp_two_processes_match_one(toy, tmp_path):
     script.write_text(DDP_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, str(script), toy, tmp_path / "one"], check=True, env=env)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
     subprocess.run([*torchrun, str(script), toy, tmp_path / "two"], check=True, env=env, timeout=300)
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
-    w1, w2 = load_file(str(tmp_path / "one" / "last.safetensors")), load_file(str(tmp_path / "two" / "last.safetensors"))
+    w1, w2 = (
+        load_file(str(tmp_path / "one" / "last.safetensors")),
+        load_file(str(tmp_path / "two" / "last.safetensors")),
+    )
     for k in w1:  # same global batches, gradients averaged: equal up to float summation order
         torch.testing.assert_close(w1[k], w2[k], atol=1e-4, rtol=1e-3)
     l1, l2 = _log(tmp_path / "one"), _log(tmp_path / "two")

@@ -16,6 +16,7 @@ from stecache.video import (
     Sampling,
     count_frames,
     crop_offsets,
+    crop_views,
     decode_frames,
     frame_indices,
     load_clip,
@@ -305,6 +306,18 @@ def test_load_clip_views_and_normalisation(square_mp4):
     # offsets of the 2 test clips over 12 frames: max_offset 12 - 7 = 5 -> 0 and 5; the views agree
     manual = preprocess_frames(decode_frames(square_mp4, [0, 2, 4, 6, 5, 7, 9, 11]), 2, p)
     assert torch.equal(x, manual)
+
+
+def test_load_clip_short_video_loops_and_chunking_changes_nothing(square_mp4):
+    """12 frames, window 16: indices wrap (mmaction2 'loop'); repeated frames are processed once."""
+    s = Sampling("dense", clip_len=16, frame_interval=1, num_clips=1, test_mode=True)
+    p = Preprocess(short_side=20, crop_size=20, crop="center")
+    x = load_clip(square_mp4, s, p)
+    inds = list(range(12)) + [0, 1, 2, 3]
+    assert x.shape == (1, 3, 16, 20, 20)
+    assert torch.equal(x, preprocess_frames(decode_frames(square_mp4, inds), 1, p))
+    frames = decode_frames(square_mp4, range(12))
+    assert torch.equal(crop_views(frames, p, chunk=5), crop_views(frames, p, chunk=16))
 
 
 # ---- unusable files ---------------------------------------------------------------------------------------

@@ -102,7 +102,7 @@ class Backbone(nn.Module):
             "name": self.name,
             "config": self.config,
             "weights": self.checkpoint_sha256 or "random",
-            "checkpoint": self.checkpoint,
+            "checkpoint": Path(self.checkpoint).name if self.checkpoint else None,  # name only: movable
             "frames": self.frames,
             "sampling": self.sampling.to_dict(),
             "preprocess": self.preprocess.to_dict(),
@@ -185,29 +185,32 @@ def strip_prefixes(
     return out
 
 
+def check_keys(sd: dict[str, torch.Tensor], want: dict[str, tuple], source: str | Path, what: str) -> None:
+    """Raise CheckpointMismatch naming `source` unless `sd` has exactly the keys and shapes in `want`."""
+    missing = sorted(set(want) - set(sd))
+    unexpected = sorted(set(sd) - set(want))
+    shapes = sorted(
+        f"{k}: checkpoint {list(sd[k].shape)} vs model {list(want[k])}"
+        for k in set(want) & set(sd)
+        if tuple(sd[k].shape) != tuple(want[k])
+    )
+    if not (missing or unexpected or shapes):
+        return
+    parts = [f"checkpoint {source} does not fit {what}"]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+        if keys:
+            parts.append(
+                f"{label}: "
+                + ", ".join(keys[:12])
+                + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+            )
+    if len(missing) > len(want) // 2:
+        parts.append(f"most keys differ: is {Path(source).name} a checkpoint of another model?")
+    raise CheckpointMismatch("; ".join(parts))
+
+
 def load_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: str | Path) -> None:
     """Load `sd` into `module` strictly; on mismatch raise CheckpointMismatch listing keys and shapes."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(
-        f"{k}: checkpoint {list(sd[k].shape)} vs model {list(own[k].shape)}"
-        for k in set(own) & set(sd)
-        if sd[k].shape != own[k].shape
-    )
-    if missing or unexpected or shapes:
-        parts = [f"checkpoint {source} does not fit {type(module).__name__}"]
-        for label, keys in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("wrong shapes", shapes),
-        ):
-            if keys:
-                shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
-                parts.append(f"{label}: {shown}")
-        if len(missing) > len(own) // 2:
-            parts.append(
-                f"most keys differ: is {source} a different model than {getattr(module, 'name', '?')}?"
-            )
-        raise CheckpointMismatch("; ".join(parts))
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    check_keys(sd, want, source, getattr(module, "name", type(module).__name__))
     module.load_state_dict(sd, strict=True)

@@ -2,9 +2,10 @@
 
 `image:<dir>` loads `AutoModel.from_pretrained(dir)` (the vision tower if the model also has a text
 tower), runs it on every frame and keeps the last hidden state's patch tokens: the leading
-L - h*w tokens (CLS, registers) are dropped -> [B, T, c, h, w]. Pooled = the model's own pooler output
-(CLS after the final norm for DINOv2/CLIP) averaged over frames, else the patch-token mean. Input size and
-mean/std come from the directory's preprocessor_config.json (ImageNet defaults if it has none).
+L - h*w tokens (CLS, registers) are dropped -> [B, T, c, h, w]. Pooled = the model's pooler output
+(CLS after the final norm for DINOv2/CLIP), else the final CLS token, else the patch mean, averaged
+over frames. Input size and mean/std come from the directory's preprocessor_config.json (ImageNet
+defaults if it has none). Weights must all load (a missing pooler only switches pooling to CLS).
 """
 
 from __future__ import annotations
@@ -53,10 +54,20 @@ class ImageEncoder(Backbone):
         if not files:
             raise CheckpointMismatch(f"image:{path}: no *.safetensors or *.bin weights")
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+        kw = {"local_files_only": True, "output_loading_info": True}
         try:
-            model = AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="sdpa")
+            model, info = AutoModel.from_pretrained(path, attn_implementation="sdpa", **kw)
         except (ValueError, ImportError):  # model class without SDPA support
-            model = AutoModel.from_pretrained(path, local_files_only=True)
+            model, info = AutoModel.from_pretrained(path, **kw)
+        missing = sorted(info["missing_keys"])
+        if any(not k.startswith("pooler.") for k in missing) or info["mismatched_keys"]:
+            raise CheckpointMismatch(
+                f"image:{path}: weights do not fit {type(model).__name__}; "
+                f"missing keys: {', '.join(missing[:12])}; "
+                f"wrong shapes: {sorted(map(str, info['mismatched_keys']))[:12]}"
+            )
+        if missing:  # e.g. a ViTForImageClassification save has no pooler: pool the CLS token instead
+            model.pooler = None
         if hasattr(model, "vision_model") and hasattr(
             cfg, "vision_config"
         ):  # CLIP, SigLIP: keep the vision tower
@@ -112,7 +123,9 @@ class ImageEncoder(Backbone):
     def _encode(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out, B = self._frames(clips), len(clips)
         tokens = self._tokens_of(out, B)
-        pool = getattr(out, "pooler_output", None)
+        pool = getattr(out, "pooler_output", None)  # CLIP: post-LN CLS; DINOv2: final-LN CLS
+        if pool is None and out.last_hidden_state.shape[1] > self.grid[1] * self.grid[2]:
+            pool = out.last_hidden_state[:, 0]  # the CLS token after the final norm (ViT classifier input)
         if pool is None:
             return tokens, tokens.mean((1, 3, 4))
         return tokens, pool.reshape(B, self.frames, -1).mean(1)  # [B, c]

@@ -18,6 +18,7 @@ from transformers import VideoMAEConfig, VideoMAEModel
 
 from stecache.backbones.base import (
     Backbone,
+    check_keys,
     load_strict,
     read_state_dict,
     sha256_file,
@@ -77,47 +78,66 @@ def hf_config(cfg: dict) -> VideoMAEConfig:
     )
 
 
-def map_official(sd: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
-    """Official / mmaction2 VideoMAEv2 keys -> VideoMAEModel keys (+ `fc_norm.*`); heads dropped."""
-    sd = strip_prefixes(sd)
+BLOCK_KEYS = {  # official block key -> VideoMAEModel layer key (attn.qkv.weight is split into three)
+    "norm1.weight": "layernorm_before.weight",
+    "norm1.bias": "layernorm_before.bias",
+    "attn.q_bias": "attention.attention.query.bias",
+    "attn.v_bias": "attention.attention.value.bias",
+    "attn.proj.weight": "attention.output.dense.weight",
+    "attn.proj.bias": "attention.output.dense.bias",
+    "norm2.weight": "layernorm_after.weight",
+    "norm2.bias": "layernorm_after.bias",
+    "mlp.fc1.weight": "intermediate.dense.weight",
+    "mlp.fc1.bias": "intermediate.dense.bias",
+    "mlp.fc2.weight": "output.dense.weight",
+    "mlp.fc2.bias": "output.dense.bias",
+}
+MMACTION = {
+    "patch_embed.projection.": "patch_embed.proj.",
+    "mlp.layers.0.0.": "mlp.fc1.",
+    "mlp.layers.1.": "mlp.fc2.",
+}
+
+
+def official_shapes(cfg: dict) -> dict[str, tuple]:
+    """The official encoder keys and shapes (heads excluded): what a checkpoint must hold."""
+    c, m, t, p = cfg["width"], cfg["mlp"], cfg["tubelet"], cfg["patch"]
+    block = {k: (c,) for k in BLOCK_KEYS} | {"attn.qkv.weight": (3 * c, c), "attn.proj.weight": (c, c)}
+    block |= {"mlp.fc1.weight": (m, c), "mlp.fc1.bias": (m,), "mlp.fc2.weight": (c, m)}
+    shapes = {"patch_embed.proj.weight": (c, 3, t, p, p), "patch_embed.proj.bias": (c,)}
+    shapes |= {f"blocks.{i}.{k}": shape for i in range(cfg["depth"]) for k, shape in block.items()}
+    return shapes | {"fc_norm.weight": (c,), "fc_norm.bias": (c,)}
+
+
+def official_names(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip wrapper prefixes, rename the mmaction2 layout to official names, drop classifier heads."""
+    out = {}
+    for k, v in strip_prefixes(sd).items():
+        for old, new in MMACTION.items():
+            k = k.replace(old, new)
+        if not k.startswith(("head.", "cls_head.")):
+            out[k] = v
+    return out
+
+
+def to_transformers(sd: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """Official keys (checked) -> this module's keys: `encoder.` = VideoMAEModel, `fc_norm.` kept."""
     out = {}
     for k, v in sd.items():
-        k = k.replace("patch_embed.projection.", "patch_embed.proj.")  # mmaction2 (mmcv PatchEmbed)
-        k = k.replace("mlp.layers.0.0.", "mlp.fc1.").replace(
-            "mlp.layers.1.", "mlp.fc2."
-        )  # mmaction2 (mmcv FFN)
-        if k.startswith(("head.", "cls_head.")) or k == "pos_embed":
-            if k == "pos_embed":
-                out["_pos_embed"] = v
-            continue
         if k.startswith("patch_embed.proj."):
-            out["embeddings.patch_embeddings.projection." + k.split(".")[-1]] = v
+            out["encoder.embeddings.patch_embeddings.projection." + k.rsplit(".", 1)[1]] = v
         elif k.startswith("blocks."):
             _, i, rest = k.split(".", 2)
-            p = f"encoder.layer.{i}."
+            p = f"encoder.encoder.layer.{i}."
             if rest == "attn.qkv.weight":
-                q, kk, vv = v.split(width, dim=0)  # rows: q | k | v, each head-major
-                out[p + "attention.attention.query.weight"] = q
-                out[p + "attention.attention.key.weight"] = kk
-                out[p + "attention.attention.value.weight"] = vv
+                for name, part in zip(
+                    ("query", "key", "value"), v.split(width), strict=True
+                ):  # rows q | k | v
+                    out[p + f"attention.attention.{name}.weight"] = part
             else:
-                name = {
-                    "attn.q_bias": "attention.attention.query.bias",
-                    "attn.v_bias": "attention.attention.value.bias",
-                    "attn.proj.weight": "attention.output.dense.weight",
-                    "attn.proj.bias": "attention.output.dense.bias",
-                    "norm1.weight": "layernorm_before.weight",
-                    "norm1.bias": "layernorm_before.bias",
-                    "norm2.weight": "layernorm_after.weight",
-                    "norm2.bias": "layernorm_after.bias",
-                    "mlp.fc1.weight": "intermediate.dense.weight",
-                    "mlp.fc1.bias": "intermediate.dense.bias",
-                    "mlp.fc2.weight": "output.dense.weight",
-                    "mlp.fc2.bias": "output.dense.bias",
-                }.get(rest, rest)
-                out[p + name] = v
+                out[p + BLOCK_KEYS[rest]] = v
         else:
-            out[k] = v  # fc_norm.*, or anything unknown (reported by the strict load)
+            out[k] = v  # fc_norm.*
     return out
 
 
@@ -166,19 +186,22 @@ class VideoMAEv2(Backbone):
             sd, files = self._read_transformers_dir(path)
             self.checkpoint_sha256 = sha256_files(files)
         else:
-            sd = map_official(read_state_dict(path), self.channels)
+            sd = official_names(read_state_dict(path))
+            self._check_pos_embed(sd.pop("pos_embed", None), path)
+            check_keys(sd, official_shapes(self.config), path, f"{self.name} (official VideoMAEv2 layout)")
+            sd = to_transformers(sd, self.channels)
             self.checkpoint_sha256 = sha256_file(path)
-        pos = sd.pop("_pos_embed", None)
+        load_strict(self, sd, path)
+        self.checkpoint = str(path)
+
+    def _check_pos_embed(self, pos: torch.Tensor | None, path: Path) -> None:
+        """A stray `pos_embed` is tolerated only if it is the fixed sinusoid table (fp16-rounded)."""
         table = self.encoder.embeddings.position_embeddings
         if pos is not None and (pos.shape != table.shape or (pos - table).abs().max() > 1e-3):
             raise CheckpointMismatch(
                 f"checkpoint {path}: pos_embed {list(pos.shape)} is not the fixed sinusoid table "
                 f"{list(table.shape)} this VideoMAEv2 uses (learned/interpolated positions unsupported)"
             )
-        own = {f"encoder.{k}": v for k, v in sd.items() if not k.startswith("fc_norm.")}
-        own |= {k: v for k, v in sd.items() if k.startswith("fc_norm.")}
-        load_strict(self, own, path)
-        self.checkpoint = str(path)
 
     def _read_transformers_dir(self, path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
         cfg_file = path / "config.json"
@@ -201,7 +224,8 @@ class VideoMAEv2(Backbone):
         sd = {}
         for f in files:
             sd |= read_state_dict(f)
-        return map_transformers(sd), files
+        sd = map_transformers(sd)
+        return {k if k.startswith("fc_norm.") else f"encoder.{k}": v for k, v in sd.items()}, files
 
 
 def build(cfg: dict, name: str, checkpoint: Path | None) -> VideoMAEv2:

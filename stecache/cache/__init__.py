@@ -5,7 +5,8 @@ file; `views` [N, V-1, n, c, h, w] when a clip has V > 1 views; per clip `labels
 `split`, `clip_id`, `done` and `error`. Attributes hold the full provenance and its fingerprint, so stage two
 never asks the user to restate anything. Writers fill whole shards and set `done` only after the shard's
 features are stored (zarr writes each file atomically), so a killed run loses at most its unfinished shards.
-This is the only module that imports zarr and h5py.  Python: `open_cache("work/cache.zarr").read([0, 1])`.
+This package is the only code importing zarr (here, raw.py) and h5py (h5.py).
+Python: `open_cache("work/cache.zarr").read([0, 1])`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from . import __version__
-from .config import canonical_json, fingerprint
-from .errors import AnnotationError, CacheBusy, CacheMismatch, StecacheError
+from .. import __version__
+from ..config import canonical_json, fingerprint
+from ..errors import AnnotationError, CacheBusy, CacheMismatch, StecacheError
+from .raw import take
 
 FORMAT_VERSION = 1
 # Codec of `features`/`views`, chosen by measurement (bench/bench_cache.py, BENCHMARKS.md): fp16 token maps
@@ -189,15 +191,26 @@ class Cache:
         return np.flatnonzero(keep).astype(np.int64)
 
     def read(self, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:
-        """Features of `rows` [len(rows), n, c, h, w] in the stored dtype (view 0)."""
-        return _take(self._features, rows)
+        """Features of `rows` [len(rows), n, c, h, w] in the stored dtype (view 0), any order/repeats."""
+        return take(self._features, rows, self._raw_dir("features"))
 
     def read_views(self, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:
         """All views of `rows` [len(rows), V, n, c, h, w]; view 0 is `read(rows)`."""
         first = self.read(rows)[:, None]
         if self._views is None:
             return first
-        return np.concatenate([first, _take(self._views, rows)], axis=1)
+        return np.concatenate([first, take(self._views, rows, self._raw_dir("views"))], axis=1)
+
+    def _raw_dir(self, name: str) -> Path | None:
+        """The array's local directory when its shards hold raw chunks (codec none): read without zarr."""
+        path = _local_path(self.url)
+        if path is None or self.attrs.get("codec") != "none":
+            return None
+        (codec,) = self.group[name].metadata.codecs
+        inner = getattr(codec, "codecs", ())
+        raw = len(inner) == 1 and type(inner[0]).__name__ == "BytesCodec"
+        raw = raw and getattr(inner[0].endian, "value", None) == "little"
+        return path / name / "c" if raw and codec.index_location.value == "end" else None
 
     def shards(self) -> list[tuple[int, int]]:
         """Row ranges [start, stop) of the shards, the unit a writer fills."""
@@ -255,18 +268,6 @@ class Cache:
         size = self.nbytes_on_disk()
         lines.append("on disk     " + ("n/a (remote store)" if size is None else f"{size:,} bytes"))
         return "\n".join(lines)
-
-
-def _take(arr: zarr.Array, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:
-    """arr[rows] along axis 0: one slice read when rows are consecutive, else per-row reads in order."""
-    if isinstance(rows, slice):
-        return arr[rows]
-    idx = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if len(idx) == 0:
-        return np.zeros((0, *arr.shape[1:]), dtype=arr.dtype)
-    if idx[0] >= 0 and np.array_equal(idx, np.arange(idx[0], idx[0] + len(idx))):
-        return arr[int(idx[0]) : int(idx[0]) + len(idx)]
-    return arr.get_orthogonal_selection((idx,))
 
 
 def open_cache(url: str | Path, mode: str = "r") -> Cache:
@@ -380,130 +381,4 @@ def create_cache(
     return Cache(group, url)
 
 
-# ---- HDF5 export / import --------------------------------------------------------------------------------
-
-
-def export_h5(url: str | Path, out: str | Path) -> str:
-    """Write a cache's features, views, labels, ids, splits, flags and attributes to an HDF5 file."""
-    import h5py
-
-    cache = open_cache(url)
-    n = len(cache)
-    with h5py.File(out, "w") as f:
-        feats = f.create_dataset(
-            "features",
-            shape=(n, *cache.feature_shape),
-            dtype=cache.dtype,
-            chunks=(1, *cache.feature_shape) if n else None,
-        )
-        views = None
-        if cache.num_views > 1:
-            vshape = (cache.num_views - 1, *cache.feature_shape)
-            views = f.create_dataset("views", shape=(n, *vshape), dtype=cache.dtype, chunks=(1, *vshape))
-        for a, b in cache.shards():
-            feats[a:b] = cache.read(slice(a, b))
-            if views is not None:
-                views[a:b] = cache._views[a:b]
-        string = h5py.string_dtype()
-        f["labels"] = cache.labels()
-        f.create_dataset("clip_id", data=cache.clip_id.astype(str).tolist(), dtype=string)
-        f.create_dataset("split", data=cache.split.astype(str).tolist(), dtype=string)
-        f.create_dataset("error", data=cache.error.astype(str).tolist(), dtype=string)
-        f["done"] = cache.done
-        f.attrs["class_names"] = json.dumps(list(cache.class_names))
-        f.attrs["stecache"] = canonical_json(cache.attrs)
-    return f"exported {n} clips {cache.feature_shape} x {cache.num_views} view(s) to {out}"
-
-
-def import_h5(
-    path: str | Path,
-    url: str | Path,
-    *,
-    features: str = "features",
-    labels: str = "labels",
-    class_names: Sequence[str] | None = None,
-    codec: str = DEFAULT_CODEC,
-) -> Cache:
-    """Make a cache from an HDF5 feature file: `features` [N, n, c, h, w] (or [N, c] pooled), `labels`
-    [N] class index or [N, K] multi-hot; optional `clip_id`, `split`, `done`, `error`, `views` datasets."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        for key in (features, labels):
-            if key not in f:
-                raise StecacheError(
-                    f"{path}: no dataset {key!r} (has {sorted(f.keys())}); see --features/--labels"
-                )
-        x = f[features]
-        if x.ndim == 2:  # pooled [N, c] -> [N, 1, c, 1, 1]
-            feature_shape = (1, x.shape[1], 1, 1)
-        elif x.ndim == 5:
-            feature_shape = tuple(x.shape[1:])
-        else:
-            raise StecacheError(f"{path}:{features}: shape {x.shape}, expected [N, n, c, h, w] or [N, c]")
-        n = x.shape[0]
-        y = np.asarray(f[labels])
-        meta = json.loads(f.attrs["stecache"]) if "stecache" in f.attrs else {}
-        names = list(
-            class_names
-            or meta.get("class_names")
-            or json.loads(f.attrs.get("class_names", "null"))
-            or [str(i) for i in range(int(y.max()) + 1 if y.ndim == 1 else y.shape[1])]
-        )
-        if y.ndim == 1:
-            rows_labels = [(int(v),) for v in y]
-            multi_label = bool(meta.get("multi_label", False))
-        else:
-            rows_labels = [tuple(np.flatnonzero(r).tolist()) for r in y]
-            multi_label = bool(meta.get("multi_label", True))
-
-        def strings(key: str, default: str) -> list[str]:
-            if key not in f:
-                return [default.format(i=i) for i in range(n)]
-            return [s.decode() if isinstance(s, bytes) else str(s) for s in f[key][:]]
-
-        ids, splits, errors = (
-            strings("clip_id", "row{i:06d}"),
-            strings("split", "train"),
-            strings("error", ""),
-        )
-        done = np.asarray(f["done"][:], dtype=bool) if "done" in f else np.ones(n, dtype=bool)
-        has_views = "views" in f
-        num_views = (f["views"].shape[1] + 1) if has_views else 1
-        own = {
-            "format_version",
-            "stecache_version",
-            "dtype",
-            "feature_shape",
-            "num_views",
-            "class_names",
-            "multi_label",
-            "num_clips",
-            "manifest",
-            "shard_size",
-            "codec",
-            "fingerprint",
-            "created",
-        }
-        provenance = {k: v for k, v in meta.items() if k not in own} or {
-            "backbone": {"name": f"hdf5:{Path(path).name}", "weights": "unknown"},
-            "imported_from": str(path),
-        }
-        dtype = meta.get("dtype") or ("float16" if x.dtype == np.float16 else "float32")
-        cache = create_cache(
-            url,
-            clips=[Row(i, lab, s) for i, lab, s in zip(ids, rows_labels, splits, strict=True)],
-            class_names=names,
-            multi_label=multi_label,
-            feature_shape=feature_shape,
-            num_views=num_views,
-            provenance=provenance,
-            dtype=dtype,
-            shard_size=meta.get("shard_size"),
-            codec=meta.get("codec", codec),
-        )
-        for a, b in cache.shards():
-            feats = np.asarray(x[a:b]).reshape(b - a, *feature_shape)
-            views = np.asarray(f["views"][a:b]) if has_views else None
-            cache.write_shard(a, feats, views, done[a:b], errors[a:b])
-    return cache
+from .h5 import export_h5, import_h5  # noqa: E402, F401  (re-exported: the API is stecache.cache.*)

@@ -1,0 +1,268 @@
+"""Tests of stecache.predict and stecache.export on a tiny colour dataset with the real tiny backbone.
+
+A module fixture writes solid-colour clips (red / green / blue + noise), extracts them with
+`videomaev2-tiny` and its 15 test views into a float32 cache, and trains a meanFC head on it; prediction
+must reproduce the head on the cached views, a long video of colour segments must get the right class
+in the right windows, exports must match eager, and bad files must not stop a batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stecache import predict as P
+from stecache.errors import CacheMismatch, CheckpointMismatch
+from stecache.synth import write_mp4
+from stecache.video import Clip, decode_frames, frame_indices, preprocess_frames
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
+FPS = 16
+
+
+def colour_frames(rgb, t: int, seed: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """uint8 [t, h, w, 3]: one colour plus noise and a moving bright square (so frames differ)."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((t, h, w, 3), np.float32)
+    x[:] = rgb
+    for i in range(t):
+        x[i, 8:20, (2 * i) % (w - 12) : (2 * i) % (w - 12) + 12] = 250
+    x += 12 * rng.standard_normal(x.shape, dtype=np.float32)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """{root, cache, run, clips}: colour clips -> tiny-backbone cache (15 test views, fp32) -> meanFC run."""
+    from stecache.annotations import Dataset
+    from stecache.extract import ExtractConfig, extract
+    from stecache.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("predict")
+    (root / "videos").mkdir()
+    clips = []
+    for k, rgb in enumerate(COLOURS.values()):
+        for j, split in enumerate(["train", "train", "train", "val", "test"]):
+            rel = f"videos/c{k}_{j}.mp4"
+            write_mp4(root / rel, colour_frames(rgb, 24 + 4 * j, seed=10 * k + j), fps=FPS)
+            clips.append(Clip(rel, (k,), split, rel))
+    clips.sort(key=lambda c: ["train", "val", "test"].index(c.split))
+    ds = Dataset(root=root, classes=tuple(COLOURS), clips=tuple(clips), multi_label=False)
+    cache = str(root / "cache.zarr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights" warning
+        cfg = ExtractConfig(test_views=True, dtype="float32", workers=0, progress=False)
+        extract(ds, cache, "videomaev2-tiny", cfg=cfg)
+    tc = TrainConfig(head="meanfc", epochs=10, batch_size=3, lr=2.0, warmup_epochs=0, balanced=False)
+    metrics = train(tc, cache, out_dir=root / "run", progress=False)
+    return {"root": root, "cache": cache, "run": root / "run", "clips": clips, "metrics": metrics}
+
+
+@pytest.fixture(scope="module")
+def pred(world):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return P.load_predictor(world["run"])
+
+
+def test_predictor_reads_the_cache_protocol(pred):
+    assert (pred.sampling.num_clips, pred.preprocess.crop) == (5, "three")  # videomaev2 test views: 5 x 3
+    assert pred.num_views == 15 and pred.class_names == tuple(COLOURS) and not pred.multi_label
+
+
+def test_prediction_equals_head_on_cached_views(world, pred):
+    """End to end (decode -> backbone -> head -> mean softmax) == head on the cache's stored 15 views."""
+    from stecache.cache import open_cache
+
+    cache = open_cache(world["cache"])
+    rows = cache.rows("test")
+    feats = torch.from_numpy(cache.read_views(rows)).float()  # [N, 15, n, c, h, w]
+    assert feats.shape[1] == 15
+    with torch.no_grad():
+        per_view = torch.stack([pred.head(feats[:, v]).softmax(-1) for v in range(15)], 1)  # [N, 15, K]
+    expected = per_view.mean(1).numpy()
+    assert per_view.std(1).max() > 1e-4  # views differ, so averaging over the right views matters
+    paths = [world["root"] / cache.clip_id[r] for r in rows]
+    got = np.stack([r["probs"] for r in P.predict_files(pred, paths, batch_size=2, progress=False)])
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert got.argmax(1).tolist() == cache.label_index()[rows].tolist()  # the colours are learnt
+
+
+def test_bad_files_do_not_stop_a_batch(world, pred, tmp_path):
+    good = [world["root"] / c.path for c in world["clips"][:2]]
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n")
+    paths = [good[0], tmp_path / "missing.mp4", tmp_path / "empty.mp4", tmp_path / "text.mp4", good[1]]
+    res = P.predict_files(pred, paths, batch_size=4, progress=False)
+    assert [r["error"] is None for r in res] == [True, False, False, False, True]
+    assert res[1]["error"].startswith("MissingVideo") and res[2]["error"].startswith("CorruptVideo")
+    alone = P.predict_files(pred, good, progress=False)
+    np.testing.assert_allclose(res[4]["probs"], alone[1]["probs"], atol=1e-6)
+
+    from stecache.cli import cli
+
+    out = CliRunner().invoke(cli, ["predict", str(world["run"]), *map(str, paths), "--format", "json"])
+    assert out.exit_code == 1, out.output
+    records = json.loads(out.stdout[: out.stdout.rindex("]") + 1])
+    assert [r["error"] is None for r in records] == [True, False, False, False, True]
+    assert records[0]["predicted"] == [records[0]["top"][0]["class"]]
+    assert "3 of 5 video(s) failed" in out.output
+
+
+def test_formats_table_json_csv():
+    recs = [
+        {"path": "a.mp4", "error": None, "top": [{"class": "x", "score": 0.75}, {"class": "y", "score": 0.25}],
+         "predicted": ["x"]},
+        {"path": "b.mp4", "error": "CorruptVideo: b.mp4: empty file", "top": [], "predicted": []},
+    ]  # fmt: skip
+    table = P.format_rows(recs, "table")
+    assert "  1  x       75.00%  *" in table and "FAILED  CorruptVideo" in table
+    assert json.loads(P.format_rows(recs, "json")) == recs
+    lines = list(csv.reader(io.StringIO(P.format_rows(recs, "csv"))))
+    assert lines[1] == ["a.mp4", "1", "x", "0.750000", "1", ""] and lines[3][-1].startswith("CorruptVideo")
+
+
+def test_multi_label_uses_the_threshold(pred):
+    p = P.Predictor(**{**pred.__dict__, "multi_label": True, "threshold": 0.3})
+    assert p.predicted(np.array([0.2, 0.31, 0.9])) == [1, 2]
+    assert pred.predicted(np.array([0.2, 0.5, 0.3])) == [1]
+
+
+def test_windows_hand_computed():
+    assert P.windows(96, 16.0, 1.0, 0.5) == [(s, s + 16) for s in range(0, 81, 8)]
+    assert P.windows(100, 16.0, 1.0, 0.5)[-2:] == [(80, 96), (84, 100)]  # the tail gets a window
+    assert P.windows(10, 16.0, 1.0, 0.5) == [(0, 10)]  # shorter than one window: the whole video
+
+
+@pytest.fixture(scope="module")
+def long_video(world):
+    """Three 2-second segments: green, blue, red (classes 1, 2, 0), 96 frames at 16 fps."""
+    order = [1, 2, 0]
+    rgbs = list(COLOURS.values())
+    frames = np.concatenate([colour_frames(rgbs[k], 32, seed=100 + k) for k in order])
+    path = world["root"] / "long.mp4"
+    write_mp4(path, frames, fps=FPS)
+    return path, order
+
+
+def test_timeline_right_class_in_right_windows(pred, long_video):
+    path, order = long_video
+    tl = P.timeline(pred, path, window=1.0, stride=0.5, progress=False)
+    assert tl["frames"] == 96 and tl["fps"] == FPS and len(tl["windows"]) == 11
+    for w in tl["windows"]:
+        a, b = round(w["start"] * FPS), round(w["end"] * FPS)
+        if a // 32 == (b - 1) // 32:  # the window lies inside one segment
+            assert int(np.argmax(w["probs"])) == order[a // 32], (a, b, w["probs"])
+        # independent path: decode exactly this window's sampled frames, preprocess together, predict
+        ix = frame_indices(pred.sampling, b - a) + a
+        views = preprocess_frames(
+            decode_frames(path, ix.reshape(-1)), pred.sampling.num_clips, pred.preprocess
+        )
+        ref = pred.probs(views[None, : pred.num_views])[0].numpy()
+        np.testing.assert_allclose(w["probs"], ref, atol=1e-5)
+
+
+def test_timeline_cli_writes_csv_json_png(world, long_video, tmp_path):
+    from stecache.cli import cli
+
+    path, order = long_video
+    out = CliRunner().invoke(
+        cli,
+        ["predict", str(world["run"]), str(path), "--window", "1", "--stride", "0.5", "--out", str(tmp_path)],
+    )
+    assert out.exit_code == 0, out.output
+    assert "green" in out.stdout and "blue" in out.stdout and "red" in out.stdout
+    rows = list(csv.DictReader(open(tmp_path / "long.timeline.csv")))
+    assert len(rows) == 11 and rows[0]["top"] == "green" and rows[-1]["top"] == "red"
+    assert abs(sum(float(rows[0][c]) for c in COLOURS) - 1) < 1e-4
+    rec = json.loads((tmp_path / "long.timeline.json").read_text())
+    assert rec["windows"][5]["start"] == 2.5 and rec["class_names"] == list(COLOURS)
+    assert (tmp_path / "long.timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoint_must_match_provenance(pred, tmp_path):
+    prov = pred.backbone.provenance()
+    with pytest.raises(CheckpointMismatch, match="random"):
+        P.load_backbone(prov, checkpoint=tmp_path)
+    with pytest.raises(CheckpointMismatch, match="pass --checkpoint"):
+        P.load_backbone({**prov, "weights": "ab" * 32})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CacheMismatch, match="config"):
+            P.load_backbone({**prov, "config": {**prov["config"], "depth": 3}})
+        rebuilt = P.load_backbone(prov)  # random weights are rebuilt from the fixed seed: same features
+    x = torch.randn(2, 3, 8, 64, 64)
+    assert torch.equal(rebuilt(x), pred.backbone(x))
+
+
+def test_not_a_run(tmp_path):
+    with pytest.raises(P.RunError, match="not a trained run"):
+        P.load_predictor(tmp_path)
+
+
+# ---- export ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head_only", [False, True])
+def test_torchscript_equals_eager_without_stecache(world, pred, tmp_path, head_only):
+    from stecache.export import export
+
+    model, meta = export(world["run"], "torchscript", tmp_path / "m", head_only=head_only, pred=pred)
+    info = json.loads(meta.read_text())
+    assert info["class_names"] == list(COLOURS) and info["views"]["count"] == 15
+    assert info["preprocess"]["crop"] == "three" and info["sampling"]["clip_len"] == 8
+    x = torch.randn(3, 3, 8, 64, 64)
+    if head_only:
+        x = pred.backbone(x)
+    with torch.no_grad():
+        eager = pred.head(x) if head_only else pred.head(pred.backbone(x))
+    torch.save(x, tmp_path / "x.pt")
+    code = (
+        "import sys, torch\n"
+        f"m = torch.jit.load({str(model)!r})\n"
+        f"torch.save(m(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})\n"
+        "assert not [k for k in sys.modules if k.startswith('stecache')]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
+    torch.testing.assert_close(torch.load(tmp_path / "y.pt"), eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head_only", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_onnx_equals_eager(world, pred, tmp_path, head_only):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from stecache.export import export
+
+    model, meta = export(world["run"], "onnx", tmp_path / "m", head_only=head_only, pred=pred)
+    info = json.loads(meta.read_text())
+    session = ort.InferenceSession(str(model))
+    assert session.get_inputs()[0].name == info["input_name"]
+    batch = 1 if isinstance(info["input_shape"][0], int) else 3
+    x = torch.randn(batch, 3, 8, 64, 64)
+    if head_only:
+        x = pred.backbone(x)
+    with torch.no_grad():
+        eager = pred.head(x) if head_only else pred.head(pred.backbone(x))
+    (y,) = session.run(None, {info["input_name"]: x.numpy()})
+    np.testing.assert_allclose(y, eager.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_export_cli(world, tmp_path):
+    from stecache.cli import cli
+
+    out = CliRunner().invoke(
+        cli, ["export", str(world["run"]), "--head-only", "--out", str(tmp_path / "h.pt")]
+    )
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "h.pt").exists() and json.loads((tmp_path / "h.json").read_text())["head_only"]
+    bad = CliRunner().invoke(cli, ["export", str(world["run"]), "--format", "tflite"])
+    assert bad.exit_code == 2 and "tflite" in bad.output
