@@ -90,8 +90,9 @@ def main(rounds: int = 2, names=("videomaev2", "uniformerv2"), batches=(1, 4)) -
         "not depend on values); CPU fp32 with SDPA attention. FLOPs = FlopCounterMode (matmuls, convs) + "
         "attention 4·L²·c added analytically. This 2-core VM switches between two speed levels ~3× apart and "
         "is shared with other jobs, so absolute times are noisy; the fraction of the matmul canary is the "
-        "comparable number. What limits it: the non-matmul work (LayerNorm, GELU/QuickGELU, softmax inside "
-        "SDPA, reshapes) is memory-bound and runs far below peak; the matmuls themselves run near it."
+        "comparable number (above 100% means the short canary hit a slower moment than the model). What "
+        "limits the fraction: the non-matmul work (LayerNorm, GELU/QuickGELU, softmax inside SDPA, "
+        "reshapes, the patch-embedding conv) is memory-bound and runs far below peak."
     )
     write_section("Backbones: forward on CPU", body)
     return result

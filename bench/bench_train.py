@@ -35,7 +35,7 @@ def _loop(head, opt, batches, backbone=None) -> None:
     for x, y in batches:
         if backbone is not None:
             with torch.no_grad():
-                x = backbone(x)  # [B, 3, T, H, W] -> [B, n, c, h, w]
+                x = backbone(x).clone()  # [B, 3, T, H, W] -> [B, n, c, h, w]; out of inference mode
         else:
             x = x.float()  # stored fp16 -> fp32, as data.to_tensor
         loss = F.cross_entropy(head(x), y)
@@ -45,12 +45,14 @@ def _loop(head, opt, batches, backbone=None) -> None:
 
 
 def cache_vs_end_to_end(
-    backbone_name: str, clips: int, batch: int, rounds: int, classes: int = 5
+    backbone_name, clips: int, batch: int, rounds: int, threads: int, warmup=1
 ) -> list[str]:
     """Rows `| backbone | head | cache s/epoch | e2e s/epoch | ratio |` (medians of interleaved rounds)."""
     from stecache.backbones import load
     from stecache.heads import build_head
 
+    old_threads, classes = torch.get_num_threads(), 5
+    torch.set_num_threads(threads)
     bb = load(backbone_name)
     size, T = bb.preprocess.crop_size, bb.frames
     g = torch.Generator().manual_seed(0)
@@ -65,25 +67,26 @@ def cache_vs_end_to_end(
         opt = torch.optim.AdamW(head.parameters(), lr=1e-4)
         from_cache = [(feats[i : i + batch], labels[i : i + batch]) for i in range(0, clips, batch)]
         from_pixels = [(pixels[i : i + batch], labels[i : i + batch]) for i in range(0, clips, batch)]
-        t = interleave(
-            {"cache": lambda: _loop(head, opt, from_cache), "e2e": lambda: _loop(head, opt, from_pixels, bb)},
-            rounds=rounds,
-            warmup=1,
-        )
+        variants = {
+            "cache": lambda h=head, o=opt, b=from_cache: _loop(h, o, b),
+            "e2e": lambda h=head, o=opt, b=from_pixels: _loop(h, o, b, bb),
+        }
+        t = interleave(variants, rounds=rounds, warmup=warmup)
         a, b, canary = median(t["cache"]), median(t["e2e"]), median(t["_canary_gflops"])
-        rows.append(f"| {backbone_name} {shape} | {name} d{depth} | {clips} | {a:.3f} | {b:.3f} | "
+        rows.append(f"| {backbone_name} {shape} | {name} d{depth} | {threads} | {a:.3f} | {b:.3f} | "
                     f"**{b / a:.1f}×** | {canary:.0f} |")  # fmt: skip
         print(rows[-1], flush=True)
+    torch.set_num_threads(old_threads)
     return rows
 
 
 def data_wait(tmp: Path) -> list[str]:
-    """Rows `| mode | wait share |` from train.train's log (STE d1, 256 clips of 8×128×7×7 features)."""
+    """Rows `| mode | wait share |` from train.train's log (STE d1, 240 train clips of 8×64×7×7)."""
     from stecache import data as D
     from stecache import train as T
 
     url = str(tmp / "wait.zarr")
-    D.toy_cache(url, n_clips=400, feature_shape=(8, 128, 7, 7), shard_size=16)
+    D.toy_cache(url, n_clips=400, feature_shape=(8, 64, 7, 7), shard_size=16)
     rows = []
     for mode, limit in (("in RAM", None), ("streamed", "2M")):
         cfg = T.TrainConfig(head="ste", depth=1, epochs=2, batch_size=32, ram_limit=limit)
@@ -100,15 +103,17 @@ def data_wait(tmp: Path) -> list[str]:
 
 
 RSS_SCRIPT = """
-import json, resource, sys, torch
+import json, sys, torch
+import matplotlib.pyplot
 torch.set_num_threads(1)
 from stecache import train as T
-def rss_mb():
-    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
-base = rss_mb()
+torch.optim.AdamW([torch.zeros(1, requires_grad=True)])  # its lazy imports (torch._dynamo) before `base`
+def rss_mb(key):  # VmRSS now / VmHWM peak of this process (ru_maxrss would include the parent's, pre-exec)
+    return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024
+base = rss_mb("VmRSS")
 cfg = T.TrainConfig(head="meanfc", epochs=1, batch_size=64, ram_limit=sys.argv[3] or None, test_views="first")
 T.train(cfg, sys.argv[1], sys.argv[2], progress=False)
-print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"base": base, "peak": rss_mb("VmHWM")}))
 """
 
 
@@ -116,13 +121,14 @@ def streaming_rss(tmp: Path, limit_mb: int = 8) -> list[str]:
     """Rows `| mode | split MB | RAM limit | RSS growth |`: one epoch, in a fresh process each."""
     from stecache import data as D
 
-    url = str(tmp / "big.zarr")
     shape = (8, 96, 7, 7)  # 75 KB per clip in fp16
-    n = 1800
-    D.toy_cache(url, n_clips=n, feature_shape=shape, shard_size=8)
-    split_mb = 0.6 * n * np.prod(shape) * 2 / 2**20
     rows = []
-    for mode, limit in (("streamed", f"{limit_mb}M"), ("in RAM", "")):
+    for n, mode, limit in ((1800, "streamed", f"{limit_mb}M"), (3600, "streamed", f"{limit_mb}M"),
+                           (1800, "in RAM", "")):  # fmt: skip
+        url = str(tmp / f"big{n}.zarr")
+        if not Path(url).exists():
+            D.toy_cache(url, n_clips=n, feature_shape=shape, shard_size=8)
+        split_mb = 0.6 * n * np.prod(shape) * 2 / 2**20
         out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, url, tmp / f"rss-{len(rows)}", limit],
                              capture_output=True, text=True, check=True)  # fmt: skip
         r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -136,9 +142,10 @@ def main(rounds: int = 3, base: bool = True) -> None:
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        ratio = cache_vs_end_to_end("videomaev2-tiny", clips=64, batch=16, rounds=rounds)
+        # tiny shapes: 1 thread (2 threads fighting other jobs for 2 cores make tiny ops ~10× slower)
+        ratio = cache_vs_end_to_end("videomaev2-tiny", clips=64, batch=16, rounds=rounds, threads=1)
         if base:
-            ratio += cache_vs_end_to_end("videomaev2", clips=1, batch=1, rounds=2)
+            ratio += cache_vs_end_to_end("videomaev2", clips=1, batch=1, rounds=1, threads=2, warmup=0)
         wait = data_wait(tmp)
         rss = streaming_rss(tmp)
     finally:
@@ -147,21 +154,22 @@ def main(rounds: int = 3, base: bool = True) -> None:
 
 **Training from the cache vs end to end** (same loop, AdamW, 5 classes; e2e = frozen backbone forward on
 every batch, pixels pre-decoded so decoding is *not* counted — real end-to-end training is slower still).
-Tiny: 64 clips, batch 16, medians of {rounds} interleaved epochs; base: one step of one clip, median of 2.
+Tiny: 64 clips, batch 16, medians of {rounds} interleaved epochs; base: one step of one clip, measured once
+after the base backbone's first (warm-up) forward.
 
-| backbone (features) | head | clips | from cache (s) | end to end (s) | e2e / cache | canary GFLOP/s |
+| backbone (features) | head | threads | from cache (s) | end to end (s) | e2e / cache | canary GFLOP/s |
 |---|---|---|---|---|---|---|
 {chr(10).join(ratio)}
 
-**Waiting for data** (`train.train`, STE d1, 240 train clips of 8×128×7×7 fp16, batch 32, 2 epochs; a
+**Waiting for data** (`train.train`, STE d1, 240 train clips of 8×64×7×7 fp16, batch 32, 2 epochs; a
 background thread prepares the next batch; streamed = RAM limit 2 MB, shards of 16 clips):
 
 | mode | loop s/epoch | waiting s/epoch | share waiting |
 |---|---|---|---|
 {chr(10).join(wait)}
 
-**Memory while streaming** (meanFC, 1 epoch incl. val/test, fresh process; RSS in MB; the cache's train split
-is ~10× the streaming RAM limit):
+**Memory while streaming** (meanFC, 1 epoch incl. val/test, fresh process after imports; RSS in MB; the
+train split is 10× / 20× the streaming RAM limit; growth = peak − before, incl. head, optimiser, plot):
 
 | mode | train split MB | RAM limit | RSS before | peak RSS | growth |
 |---|---|---|---|---|---|

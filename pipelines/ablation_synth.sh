@@ -3,6 +3,8 @@
 #   sh pipelines/ablation_synth.sh                    # synth → extract (2 backbones × 2 datasets) → sweep → report
 #   CACHE="a.zarr b.zarr" sh pipelines/ablation_synth.sh   # the same protocol on your own cache(s)
 # Budget: < 15 min on 2 CPU cores (extraction ~1 min, one-pass sweep ~5–8 min, report seconds).
+# One intra-op thread: the tiny heads' ops are too small to split, and on a busy machine two threads
+# made a step 10x slower (measured); set OMP_NUM_THREADS to override.
 # Table I: meanFC / Tr_head d1 / STE_head d1 on every cache; Tables II and III (meanFC, patch, STEb+meanFC,
 # STE d0–4) on the first cache; 3 seeds each; selection on val, test reported once per selected run.
 set -eu
@@ -10,9 +12,10 @@ BIN=${BIN:-.venv/bin}
 WORK=${WORK:-work}
 RUNS=${RUNS:-runs/ablation}
 REPORT=${REPORT:-reports}
-EPOCHS=${EPOCHS:-30}
+EPOCHS=${EPOCHS:-20}
 SEEDS=${SEEDS:-0,1,2}
 CACHE=${CACHE:-}
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
 if [ -z "$CACHE" ]; then
     # two datasets: multi-label (TinyVIRAT-like, F1) first, so Tables II/III run on it as in the paper

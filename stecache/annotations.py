@@ -85,24 +85,23 @@ def read_classes(path: str | Path) -> tuple[str, ...]:
             cmap = json.loads(text)
         except (ValueError, RecursionError) as e:  # JSONDecodeError, >4300-digit ints, deep nesting
             raise _err(path, getattr(e, "lineno", None), f"invalid JSON ({getattr(e, 'msg', e)})") from None
-        if not isinstance(cmap, dict) or not cmap:
+        if not isinstance(cmap, dict) or not cmap or not all(k.strip() for k in cmap):
             raise _err(path, None, "class map must be a non-empty JSON object {name: index}")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in cmap.values()):
             raise _err(path, None, "class map values must be integer indices")
         if sorted(cmap.values()) != list(range(len(cmap))):
             raise _err(path, None, f"class indices must be 0..{len(cmap) - 1}, each once")
         return tuple(sorted(cmap, key=cmap.__getitem__))
+    if not text.strip():
+        raise _err(path, None, "no class names")
     names: list[str] = []
-    lines = text.rstrip().split("\n")
-    for i, raw in enumerate(lines, 1):
+    for i, raw in enumerate(text.rstrip().split("\n"), 1):
         name = raw.strip()
         if not name:
             raise _err(path, i, "blank line inside the class list (class index = line number - 1)")
         if name in names:
             raise _err(path, i, f"duplicate class name {name!r}")
         names.append(name)
-    if not names:
-        raise _err(path, None, "no class names")
     return tuple(names)
 
 
@@ -169,9 +168,9 @@ def parse_tinyvirat(text: str, source: object, classes=None, split: str = "all")
         records = json.loads(text)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, >4300-digit ints, deep nesting
         raise _err(source, getattr(e, "lineno", None), f"invalid JSON ({getattr(e, 'msg', e)})") from None
-    depth = 2
+    depth = 1
     if isinstance(records, dict) and "tubes" in records:  # TinyVIRAT v1 layout
-        records, depth = records["tubes"], 3
+        records, depth = records["tubes"], 2
     if not isinstance(records, list):
         raise _err(source, None, "expected a JSON list of clip records")
     line_of = _record_lines(text, depth)
@@ -204,27 +203,29 @@ def parse_tinyvirat(text: str, source: object, classes=None, split: str = "all")
     return _check_unique(clips, lines, source)
 
 
-def _record_lines(text: str, depth_of_records: int) -> list[int]:
-    """Line number where each record of the clip list starts (best effort, for messages)."""
-    lines, depth, line, in_str, esc = [], 0, 1, False, False
+def _record_lines(text: str, list_depth: int) -> list[int]:
+    """Line where each element of the clip list (at nesting depth `list_depth`) starts, for messages."""
+    lines, depth, line, in_str, esc, expect = [], 0, 1, False, False, False
     for ch in text:
         if ch == "\n":
             line += 1
         if in_str:
-            if esc:
-                esc = False
-            elif ch == "\\":
-                esc = True
-            elif ch == '"':
-                in_str = False
-        elif ch == '"':
+            esc, in_str = (False, True) if esc else (ch == "\\", ch != '"')
+            continue
+        if ch.isspace():
+            continue
+        if expect and depth == list_depth and ch != "]":
+            lines.append(line)
+            expect = False
+        if ch == '"':
             in_str = True
         elif ch in "[{":
             depth += 1
-            if depth == depth_of_records and ch == "{":
-                lines.append(line)
+            expect = ch == "[" and depth == list_depth
         elif ch in "]}":
             depth -= 1
+        elif ch == "," and depth == list_depth:
+            expect = True
     return lines
 
 

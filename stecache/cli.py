@@ -433,6 +433,7 @@ def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size
     import torch
 
     from . import predict as P
+    from . import timeline as TL
     from .errors import VideoError
 
     if (stride or out) and not window:
@@ -447,20 +448,21 @@ def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size
         results = []
         for path in paths:
             try:
-                tl = P.timeline(pred, path, window, stride)
+                tl = TL.timeline(pred, path, window, stride)
             except VideoError as e:
                 failed.append(path)
                 click.echo(f"skipped {path}: {type(e).__name__}: {e}", err=True)
                 continue
-            results.append(P.timeline_record(tl, pred.class_names, pred.multi_label, pred.threshold))
-            files = P.write_timeline(results[-1], out)
+            results.append(TL.timeline_record(tl, pred.class_names, pred.multi_label, pred.threshold))
+            files = TL.write_timeline(results[-1], out)
             if fmt == "table":
-                click.echo(P.format_segments(results[-1]))
+                click.echo(TL.format_segments(results[-1]))
             click.echo(f"  wrote {', '.join(map(str, files))}", err=fmt != "table")
         if fmt == "json":
             click.echo(json.dumps(results, indent=2))
         elif fmt == "csv":
-            click.echo("\n".join(P.timeline_csv(r) for r in results))
+            tables = [TL.timeline_csv(r).split("\n", 1) for r in results]  # one header line
+            click.echo("\n".join([tables[0][0], *(t[1] for t in tables if len(t) > 1)]) if tables else "")
     else:
         results = P.predict_files(pred, paths, batch_size, workers)
         failed = [r for r in results if r["error"]]

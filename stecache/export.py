@@ -9,6 +9,8 @@ CLI: `stecache export RUN --format torchscript|onnx [--head-only] [--out FILE]`.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -143,20 +145,34 @@ class PerClip(nn.Module):
 
 
 def _torchscript(model: nn.Module, x: torch.Tensor) -> torch.jit.ScriptModule:
-    """torch.jit.trace with a batch size that may vary; if the trace bakes in the batch, trace per clip."""
+    """Trace at batch 1 and check at batch len(x); if the trace baked the batch in, run it per clip."""
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # torch.jit is deprecated in favour of torch.export, but loads anywhere
-        traced = torch.jit.trace(model, x, check_trace=False)
-        other = torch.cat([x, x[:1]])  # one more clip than traced with
+        warnings.simplefilter("ignore")  # torch.jit is deprecated, yet it is what loads anywhere
+        traced = torch.jit.trace(model, x[:1], check_trace=False)
         try:
-            ok = torch.allclose(traced(other), model(other), rtol=1e-4, atol=1e-5)
+            ok = torch.allclose(traced(x), model(x), rtol=1e-4, atol=1e-5)
         except RuntimeError:  # e.g. a reshape that recorded the traced batch size as a constant
             ok = False
-        if ok:
-            return traced
-        return torch.jit.script(PerClip(torch.jit.trace(model, x[:1], check_trace=False)))
+        return traced if ok else torch.jit.script(PerClip(traced))
+
+
+def _bake_merged_kernels(model: nn.Module) -> nn.Module:
+    """A copy whose fused STE blocks return their merged temporal kernel as a constant.
+
+    The fused block builds that kernel every forward with an in-place add on a diagonal view, which the
+    ONNX exporter cannot turn into a functional graph; the weights are frozen, so the kernel is a constant.
+    """
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if getattr(m, "fused", False) and hasattr(m, "merged_kernel"):
+            with torch.no_grad():
+                weight, bias = m.merged_kernel(m.fold_identity)
+            m.merged_kernel = functools.partial(_constant_kernel, weight.clone(), bias.clone())
+    return model
+
+
+def _constant_kernel(weight: torch.Tensor, bias: torch.Tensor, fold_identity: bool):
+    return weight, bias
 
 
 def _onnx(model: nn.Module, x: torch.Tensor, out: Path, name: str) -> int | None:
@@ -169,6 +185,7 @@ def _onnx(model: nn.Module, x: torch.Tensor, out: Path, name: str) -> int | None
         import onnxscript  # noqa: F401
     except ImportError:
         raise StecacheError("ONNX export needs the onnx extra: pip install 'stecache[onnx]'") from None
+    model = _bake_merged_kernels(model)
     kw = dict(input_names=[name], output_names=["logits"], dynamo=True, external_data=False, verbose=False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

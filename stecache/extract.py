@@ -350,9 +350,9 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                 writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"])
                 buf = {}
             bar.update(1)
-    finally:
+    finally:  # also on Ctrl-C or errors: shards already complete are still stored
         bar.close()
-    writer.close()
+        writer.close()
     return extracted, failed
 
 

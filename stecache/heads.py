@@ -122,7 +122,8 @@ class STEBlock(nn.Module):
             ti = x + sum(conv(x) for conv in self.ti)  # eq. 1
             return x + ti  # the argument of SE in eq. 2
         # under autocast the kernel is cast to bf16, where 2 + w would swamp the small diagonal weights
-        fold = self.fold_identity and not torch.is_autocast_enabled(x.device.type)
+        dev = x.device.type
+        fold = self.fold_identity and not (dev in ("cpu", "cuda") and torch.is_autocast_enabled(dev))
         weight, bias = self.merged_kernel(fold)
         y = F.conv3d(x, weight, bias, padding=(weight.shape[2] // 2, 0, 0))
         return y if fold else y + 2 * x

@@ -270,13 +270,15 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
             xb, yb = D.to_tensor(x[:, 0], device), targets[pos].to(device)
             for r in runs:
                 r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi)
+        train_seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
         probs = predict_many([r.head for r in runs], val_split, multi, device=device)
-        seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
+        seconds = (time.perf_counter() - t0) / len(runs)
         for r, p in zip(runs, probs, strict=True):
             val = M.evaluate_probs(p, val_split.targets(multi), multi)
             lr = T.lr_at(r.cfg, epoch * steps + steps - 1, steps)
             entry = {"epoch": epoch + 1, "loss": float(r.loss_sum[0] / r.loss_sum[1]), "lr": lr,
-                     "val": T._summary(val), "seconds": seconds, "data_wait_seconds": wait / len(runs),
+                     "val": T._summary(val), "seconds": seconds, "train_seconds": train_seconds,
+                     "data_wait_seconds": wait / len(runs),
                      "heads_in_pass": len(runs)}  # fmt: skip
             if val[key] > r.best:
                 r.best, r.best_epoch = val[key], epoch + 1

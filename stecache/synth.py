@@ -73,11 +73,10 @@ def visible_frames(ev: dict, T: int) -> list[int]:
 
 def clip_spec(labels: list[int], rng: np.random.Generator) -> dict:
     """Everything needed to render one clip: size, length, background, distractors, events, noise seed."""
-    long_side = float(np.exp(rng.uniform(np.log(24), np.log(160))))
+    long_side = float(np.exp(rng.uniform(np.log(24), np.log(160))))  # log-uniform 24-160 px
     short_side = max(24.0, 0.75 * long_side)
-    H, W = [(long_side, long_side), (short_side, long_side), (long_side, short_side)][
-        rng.choice(3, p=[0.5, 0.25, 0.25])
-    ]
+    shape = int(rng.choice(3, p=[0.5, 0.25, 0.25]))  # square, landscape 4:3, portrait 3:4
+    H, W = [(long_side, long_side), (short_side, long_side), (long_side, short_side)][shape]
     H, W = _even(H), _even(W)
     T = int(rng.integers(8, 65))
     distractors = []

@@ -192,11 +192,13 @@ def train(
         raise TrainError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
 
     out = Path(out_dir) if out_dir else Path(runs_root) / run_name(cfg, cache)
-    identity = {"config": cfg.to_dict(), "cache": {"url": str(cache.url), "fingerprint": cache.fingerprint}}
+    identity = {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint}  # what resume must match
     state = _resume_state(out, identity, resume)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        record = identity | {"cache_attrs": cache.attrs, "failed_clips": failed, "world_size": world}
+        cache_ref = {"url": str(cache.url), "fingerprint": cache.fingerprint}
+        record = identity | {"cache": cache_ref, "cache_attrs": cache.attrs, "failed_clips": failed,
+                             "world_size": world}  # fmt: skip
         _save(json.dumps(record, indent=2, default=str) + "\n", out / "config.json")
 
     targets = torch.from_numpy(train_split.targets(multi))
@@ -220,7 +222,7 @@ def train(
             state["best_epoch"],
             state["epoch"],
         )
-        log.info("resuming %s at epoch %d/%d", out, start + 1, cfg.epochs)
+        log.info("resuming %s after epoch %d of %d", out, start, cfg.epochs)
     model = torch.nn.parallel.DistributedDataParallel(head) if world > 1 else head
     key = M.main_metric(multi)
 
@@ -283,6 +285,13 @@ def train(
     return metrics
 
 
+def _identity(record: dict) -> tuple:
+    """(config, cache fingerprint) of a run record: what a resumed run must share with the folder's."""
+    return record.get("config"), record.get("cache_fingerprint") or (record.get("cache") or {}).get(
+        "fingerprint"
+    )
+
+
 def _resume_state(out: Path, identity: dict, resume: bool | None) -> dict | None:
     """The checkpoint to resume from, None to start over; refuses a folder holding a different run."""
     ckpt, cfg_file = out / "last.pt", out / "config.json"
@@ -291,8 +300,7 @@ def _resume_state(out: Path, identity: dict, resume: bool | None) -> dict | None
             raise TrainError(f"--resume: {out} has no run to resume (no config.json)")
         return None
     old = json.loads(cfg_file.read_text())
-    same = {k: old.get(k) for k in identity} == identity
-    if not same:
+    if _identity(old) != _identity(identity):
         diff = sorted(k for k in identity["config"] if old.get("config", {}).get(k) != identity["config"][k])
         what = f"config keys {diff}" if diff else "the cache"
         raise TrainError(f"{out} holds another run ({what} differ); use another --name/--out or delete it")

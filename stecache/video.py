@@ -75,7 +75,11 @@ class Preprocess(Config):
 def sample_frames(
     total: int, clip_len: int, frame_interval: int, num_clips: int, test_mode: bool, rng=None
 ) -> np.ndarray:
-    """mmaction2 SampleFrames frame indices, [num_clips, clip_len] int64; out-of-range wraps ('loop')."""
+    """mmaction2 SampleFrames frame indices, [num_clips, clip_len] int64; out-of-range wraps ('loop').
+
+    Train mode draws from `rng` (a numpy Generator) where mmaction2 uses the global numpy RNG: same
+    distribution, reproducible per call.
+    """
     rng = rng if rng is not None else np.random.default_rng()
     if test_mode:
         ori_clip_len = (clip_len - 1) * frame_interval + 1

@@ -129,7 +129,10 @@ MALFORMED = [
     ("tinyvirat", "t.json", '[\n {"path": "a.mp4", "dim": "big", "label": ["run"]}\n]', 2, "'dim'"),
     ("tinyvirat", "t.json", A + '{"path": "b.mp4", "label": \n', 4,
      "invalid JSON"),  # the parser notices at the end of the file
-    ("tinyvirat", "t.json", '[\n "a.mp4"\n]', None, "expected an object"),
+    ("tinyvirat", "t.json", '[\n {"path": "a.mp4", "label": ["walk"]}, "b\\"[{,.mp4",\n [1, 2]\n]', 2,
+     "record 1: expected an object, got str"),
+    ("tinyvirat", "t.json", '{"tubes": [\n {"path": "a.mp4", "label": ["walk"]},\n {"path": 3}]}', 3,
+     "'path'"),
     ("csv", "a.csv", "file,label\nx.mp4,run\n", 1, "header"),
     ("csv", "a.csv", "path,label\nx.mp4,run\ny.mp4,run,extra\n", 3, "expected 2 fields"),
     ("csv", "a.csv", "path,label\nx.mp4,run\ny.mp4,swim\n", 3, "unknown label 'swim'"),

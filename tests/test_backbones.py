@@ -9,6 +9,7 @@ random but non-trivial (non-zero biases, non-unit norms) and written in every su
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -542,8 +543,6 @@ def test_random_weights_are_loud_seeded_and_recorded(name, caplog):
     assert prov["weights"] == "random" and a.checkpoint_sha256 is None
     assert prov["grid"] == list(a.grid) and prov["channels"] == a.channels
     assert all(not p.requires_grad for p in a.parameters()) and not a.training
-    import json
-
     json.dumps(prov)
     with pytest.raises(ValueError, match=f"T={a.frames}"):
         a(torch.zeros(1, 3, a.frames * 2, a.size, a.size))
@@ -613,7 +612,19 @@ def test_image_encoder_per_frame(tmp_path, kind):
         model = tf.CLIPVisionModel(tf.CLIPVisionConfig(image_size=32, **small))
         prefix = 1
     _perturb(model).save_pretrained(tmp_path / kind)
+    if kind == "dinov2-registers":  # the hub's DINOv2 preprocessing: short side, then centre crop
+        pp = {"size": {"shortest_edge": 40}, "crop_size": {"height": 32, "width": 32}, "do_center_crop": True}
+        pp |= {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+        (tmp_path / kind / "preprocessor_config.json").write_text(json.dumps(pp))
     bb = load(f"image:{tmp_path / kind}")
+    pre = bb.preprocess
+    if kind == "dinov2-registers":
+        assert (pre.short_side, pre.crop_size, pre.crop) == (40, 32, "center")
+        assert np.allclose(pre.mean, (123.675, 116.28, 103.53)) and np.allclose(
+            pre.std, (58.395, 57.12, 57.375)
+        )
+    else:
+        assert (pre.short_side, pre.crop_size, pre.crop) == (32, 32, "resize")
     assert bb.grid == (8, 4, 4) and bb.channels == 32 and bb.size == 32
     x = torch.randn(2, 3, 8, 32, 32)
     tokens, pooled = bb.encode(x)

@@ -92,7 +92,7 @@ def test_done_only_rows_written_and_errors(tmp_path):
     with pytest.raises(ValueError, match="whole shard"):
         cache.write_shard(2, x, None, np.ones(4, bool), [""] * 4)
     text = c.describe()
-    assert "done        3/10  failed 1" in text and "CorruptVideo: bad" in text and "on disk" in text
+    assert "done          3/10  failed 1" in text and "CorruptVideo: bad" in text and "on disk" in text
 
 
 def test_reopen_same_settings_and_refuse_other_settings(tmp_path):
@@ -228,3 +228,34 @@ def test_raw_fast_path_equals_zarr_reads(tmp_path):
     with pytest.raises(IndexError):
         c.read([10, 1])
     assert open_cache(_make(tmp_path / "z.zarr", codec="lz4").url)._raw_dir("features") is None
+
+
+def test_fsspec_url(tmp_path):
+    cache = _make("memory://stecache-test.zarr", views=2)
+    ref = _fill(cache)
+    c = open_cache("memory://stecache-test.zarr")
+    assert c._raw_dir("features") is None and c.nbytes_on_disk() is None  # zarr reads for remote stores
+    np.testing.assert_array_equal(c.read_views([8, 1]), ref[[8, 1]].astype(np.float16))
+
+
+def test_cli_info_export_import(tmp_path):
+    from click.testing import CliRunner
+
+    from stecache.cache import CODECS
+    from stecache.cli import CODEC_NAMES, cli
+
+    assert CODEC_NAMES == tuple(sorted(CODECS))
+    cache = _make(tmp_path / "a.zarr")
+    _fill(cache)
+    run = CliRunner().invoke
+    out = run(cli, ["info", str(tmp_path / "a.zarr")])
+    assert (
+        out.exit_code == 0
+        and "done          10/10  failed 0" in out.output
+        and cache.fingerprint in out.output
+    )
+    assert run(cli, ["export-h5", str(tmp_path / "a.zarr"), str(tmp_path / "a.h5")]).exit_code == 0
+    out = run(cli, ["import-h5", str(tmp_path / "a.h5"), str(tmp_path / "b.zarr")])
+    assert out.exit_code == 0 and cache.fingerprint in out.output
+    out = run(cli, ["info", str(tmp_path / "missing.zarr")])
+    assert out.exit_code == 1 and "no feature cache" in out.output

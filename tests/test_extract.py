@@ -267,3 +267,22 @@ def test_dataset_from_annotations(ds, tmp_path):
     assert [c for c in ds.clips if c.split in ("train", "val")] == list(got.clips)
     nameless = dataset_from_annotations({"train": ds.root / "train.txt"}, ds.root)
     assert nameless.classes == tuple(str(i) for i in range(1 + max(c.labels[0] for c in nameless.clips)))
+
+
+def test_cli_backbone_names_and_usage_errors(tmp_path):
+    from click.testing import CliRunner
+
+    from stecache.backbones import BACKBONES
+    from stecache.cli import BACKBONE_NAMES, cli
+
+    assert BACKBONE_NAMES == tuple(sorted(BACKBONES))
+    run = CliRunner().invoke
+    out = run(cli, ["extract", "--backbone", "resnet"])
+    assert out.exit_code == 2 and "image:<dir>" in out.output
+    out = run(cli, ["extract", "--backbone", "videomaev2-tiny", "--annotations", "train"])
+    assert out.exit_code == 2 and "SPLIT=FILE" in out.output
+    (tmp_path / "t.txt").write_text("a.mp4 0\n")
+    out = run(
+        cli, ["extract", "--backbone", "videomaev2-tiny", "--annotations", f"train={tmp_path / 't.txt'}"]
+    )
+    assert out.exit_code == 2 and "--data-root" in out.output

@@ -328,3 +328,13 @@ def test_cli_describe():
     assert f"| {params:,} (" in ste1
     bad = CliRunner().invoke(cli, ["heads", "--describe", "--shape", "8,32,7"])
     assert bad.exit_code != 0 and "--shape" in bad.output
+
+
+def test_fused_equals_plain_when_fewer_frames_than_taps():
+    shape = (2, 8, 3, 5)  # n = 2 < 7 taps: most taps fall in the zero padding
+    torch.manual_seed(0)
+    plain = build_head("ste", shape, K, 1, fused=False, channels_last=False).eval()
+    fast = build_head("ste", shape, K, 1).eval()
+    fast.load_state_dict(plain.state_dict())
+    x = feats(2, shape)
+    assert close(fast.blocks_output(x), plain.blocks_output(x)) and close(fast(x), plain(x))

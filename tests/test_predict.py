@@ -21,6 +21,7 @@ import torch
 from click.testing import CliRunner
 
 from stecache import predict as P
+from stecache import timeline as TL
 from stecache.errors import CacheMismatch, CheckpointMismatch
 from stecache.synth import write_mp4
 from stecache.video import Clip, decode_frames, frame_indices, preprocess_frames
@@ -119,11 +120,11 @@ def test_bad_files_do_not_stop_a_batch(world, pred, tmp_path):
 
 
 def test_formats_table_json_csv():
+    top = [{"class": "x", "score": 0.75}, {"class": "y", "score": 0.25}]
     recs = [
-        {"path": "a.mp4", "error": None, "top": [{"class": "x", "score": 0.75}, {"class": "y", "score": 0.25}],
-         "predicted": ["x"]},
+        {"path": "a.mp4", "error": None, "top": top, "predicted": ["x"]},
         {"path": "b.mp4", "error": "CorruptVideo: b.mp4: empty file", "top": [], "predicted": []},
-    ]  # fmt: skip
+    ]
     table = P.format_rows(recs, "table")
     assert "  1  x       75.00%  *" in table and "FAILED  CorruptVideo" in table
     assert json.loads(P.format_rows(recs, "json")) == recs
@@ -138,9 +139,9 @@ def test_multi_label_uses_the_threshold(pred):
 
 
 def test_windows_hand_computed():
-    assert P.windows(96, 16.0, 1.0, 0.5) == [(s, s + 16) for s in range(0, 81, 8)]
-    assert P.windows(100, 16.0, 1.0, 0.5)[-2:] == [(80, 96), (84, 100)]  # the tail gets a window
-    assert P.windows(10, 16.0, 1.0, 0.5) == [(0, 10)]  # shorter than one window: the whole video
+    assert TL.windows(96, 16.0, 1.0, 0.5) == [(s, s + 16) for s in range(0, 81, 8)]
+    assert TL.windows(100, 16.0, 1.0, 0.5)[-2:] == [(80, 96), (84, 100)]  # the tail gets a window
+    assert TL.windows(10, 16.0, 1.0, 0.5) == [(0, 10)]  # shorter than one window: the whole video
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def long_video(world):
 
 def test_timeline_right_class_in_right_windows(pred, long_video):
     path, order = long_video
-    tl = P.timeline(pred, path, window=1.0, stride=0.5, progress=False)
+    tl = TL.timeline(pred, path, window=1.0, stride=0.5, progress=False)
     assert tl["frames"] == 96 and tl["fps"] == FPS and len(tl["windows"]) == 11
     for w in tl["windows"]:
         a, b = round(w["start"] * FPS), round(w["end"] * FPS)
@@ -266,3 +267,28 @@ def test_export_cli(world, tmp_path):
     assert (tmp_path / "h.pt").exists() and json.loads((tmp_path / "h.json").read_text())["head_only"]
     bad = CliRunner().invoke(cli, ["export", str(world["run"]), "--format", "tflite"])
     assert bad.exit_code == 2 and "tflite" in bad.output
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_ste_head_with_fused_blocks(tmp_path, fmt):
+    """The fused STE block builds its kernel in place each forward; both exports must still match eager."""
+    from stecache.export import _onnx, _torchscript
+    from stecache.heads import build_head
+
+    torch.manual_seed(0)
+    head = build_head("ste", (4, 16, 4, 4), 3, 2).eval()
+    x = torch.randn(3, 4, 16, 4, 4)
+    with torch.no_grad():
+        eager = head(x)
+        if fmt == "torchscript":
+            got = _torchscript(head, x)(x)
+        else:
+            ort = pytest.importorskip("onnxruntime")
+            fixed = _onnx(head, x, tmp_path / "h.onnx", "features")
+            x = x[:1] if fixed else x
+            got = torch.from_numpy(
+                ort.InferenceSession(str(tmp_path / "h.onnx")).run(None, {"features": x.numpy()})[0]
+            )
+            eager = eager[: len(x)]
+        torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(head(x), eager)  # the eager head is left as it was

@@ -148,7 +148,7 @@ def test_classes_are_learnable_through_a_crude_encoder(tmp_path):
     """FakeBackbone (4x4x4 average pool of the centre crop) + a linear probe beats chance by far."""
     from conftest import FakeBackbone
 
-    synthesize(tmp_path, n_clips=240, seed=5)
+    synthesize(tmp_path, n_clips=160, seed=5)  # test accuracy 0.55 (chance 0.14, majority 0.28)
     ds = load_dataset_dir(tmp_path)
     fb = FakeBackbone()
     feats = torch.stack(

@@ -50,6 +50,10 @@ from stecache.video import (
         (33, 8, 4, 2, False, [list(range(0, 32, 4)), list(range(1, 33, 4))]),
         # train, clip longer than the video and avg_interval < 0 -> zero offsets, wrap modulo 20
         (20, 8, 4, 2, False, [[0, 4, 8, 12, 16, 0, 4, 8]] * 2),
+        # offsets round(k * 5 / 2) = 0, 2.5 -> 2 (numpy rounds half to even), 5
+        (7, 2, 1, 3, True, [[0, 1], [2, 3], [5, 6]]),
+        # train, avg_interval (32 - 32 + 1) // 2 = 0 and total == window: around([0, 0.5]) = 0, 0
+        (32, 8, 4, 2, False, [list(range(0, 32, 4))] * 2),
         # one frame only
         (1, 4, 4, 2, True, [[0, 0, 0, 0]] * 2),
     ],
@@ -156,6 +160,22 @@ def test_decode_returns_count_size_and_content(square_mp4):
         assert abs(int(np.argmax(column >= 128)) - 3 * t) <= 1  # the square's left edge is at 3t
         assert frames[t, 12:20, 3 * t + 1 : 3 * t + 7].mean() > 200
         assert frames[t, :8].mean() < 50  # rows above the square stay dark
+
+
+def test_count_frames_without_header_count_demuxes(tmp_path):
+    """Matroska stores no frame count: count_frames counts packets instead."""
+    path = tmp_path / "clip.mkv"
+    frames = moving_square_clip(T=7)
+    with av.open(str(path), "w", format="matroska") as c:
+        stream = c.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        for f in frames:
+            c.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(stream.encode())
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].frames == 0  # the case under test
+    assert count_frames(path) == 7
+    assert decode_frames(path, [6]).shape == (1, 32, 48, 3)
 
 
 def test_decode_any_order_and_repeats(square_mp4):

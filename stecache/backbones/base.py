@@ -197,7 +197,7 @@ def check_keys(sd: dict[str, torch.Tensor], want: dict[str, tuple], source: str 
     if not (missing or unexpected or shapes):
         return
     parts = [f"checkpoint {source} does not fit {what}"]
-    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes)):
+    for label, keys in (("wrong shapes", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
         if keys:
             parts.append(
                 f"{label}: "

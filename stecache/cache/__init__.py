@@ -244,29 +244,30 @@ class Cache:
 
     def describe(self) -> str:
         """Human-readable summary: provenance, counts per split and class, failures, done/total, size."""
-        done, err = self.done, self.error
-        labels = self._labels
+        done, err, labels = self.done, self.error, self._labels
+        n_failed = int((err != "").sum())
+        size = self.nbytes_on_disk()
         lines = [
-            f"cache       {self.url}",
-            f"fingerprint {self.fingerprint}  (format {self.attrs['format_version']},"
+            f"{'cache':<13} {self.url}",
+            f"{'fingerprint':<13} {self.fingerprint}  (format {self.attrs['format_version']},"
             f" stecache {self.attrs['stecache_version']}, created {self.attrs['created']})",
         ]
         skip = {"class_names", "fingerprint", "created", "format_version", "stecache_version"}
-        for k in sorted(set(self.attrs) - skip):
-            lines.append(f"{k:<13} {canonical_json(self.attrs[k])}")
-        lines.append(f"done        {int(done.sum())}/{len(self)}  failed {int((err != '').sum())}")
+        lines += [f"{k:<13} {canonical_json(self.attrs[k])}" for k in sorted(set(self.attrs) - skip)]
+        lines.append(f"{'done':<13} {int(done.sum())}/{len(self)}  failed {n_failed}")
+        lines.append(f"{'on disk':<13} " + ("n/a (remote store)" if size is None else f"{size:,} bytes"))
         splits = sorted(set(self.split.tolist()))
-        lines.append("per split   " + "  ".join(f"{s}: {int((self.split == s).sum())}" for s in splits))
+        lines.append(
+            f"{'per split':<13} " + "  ".join(f"{s}: {int((self.split == s).sum())}" for s in splits)
+        )
         lines.append(f"{'class':<24}" + "".join(f"{s:>8}" for s in splits))
         for k, name in enumerate(self.class_names):
             counts = [int(labels[self.split == s, k].sum()) for s in splits]
             lines.append(f"{name[:23]:<24}" + "".join(f"{c:>8}" for c in counts))
         for i in np.flatnonzero(err != "")[:20]:
-            lines.append(f"failed      row {i} {self.clip_id[i]}: {err[i]}")
-        if (err != "").sum() > 20:
-            lines.append(f"failed      ... and {int((err != '').sum()) - 20} more")
-        size = self.nbytes_on_disk()
-        lines.append("on disk     " + ("n/a (remote store)" if size is None else f"{size:,} bytes"))
+            lines.append(f"{'failed':<13} row {i} {self.clip_id[i]}: {err[i]}")
+        if n_failed > 20:
+            lines.append(f"{'failed':<13} ... and {n_failed - 20} more")
         return "\n".join(lines)
 
 

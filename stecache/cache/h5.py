@@ -36,9 +36,10 @@ def export_h5(url: str | Path, out: str | Path) -> str:
             vshape = (cache.num_views - 1, *cache.feature_shape)
             views = f.create_dataset("views", shape=(n, *vshape), dtype=cache.dtype, chunks=(1, *vshape))
         for a, b in cache.shards():
-            feats[a:b] = cache.read(slice(a, b))
+            x = cache.read_views(slice(a, b))  # [S, V, n, c, h, w]
+            feats[a:b] = x[:, 0]
             if views is not None:
-                views[a:b] = cache._views[a:b]
+                views[a:b] = x[:, 1:]
         string = h5py.string_dtype()
         f["labels"] = cache.labels()
         f.create_dataset("clip_id", data=cache.clip_id.astype(str).tolist(), dtype=string)
