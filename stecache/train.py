@@ -6,7 +6,9 @@ cosine annealing to 0, per step. BCE-with-logits on multi-label caches, cross-en
 ones. Validation every epoch selects the best epoch (macro-F1 at 0.5, or Acc@1); test is evaluated once,
 with the best weights. Run folder: config.json, log.jsonl, metrics.json, best/last.safetensors, last.pt
 (resume state), a PNG, and a line in <runs>/results.jsonl. A killed run resumes bit-identically from its
-last finished epoch. Under `torchrun` it trains with DistributedDataParallel (gloo on CPU).
+last finished epoch. Under `torchrun` it trains with DistributedDataParallel (gloo on CPU): every rank draws
+the same global batch order and takes every world-th clip of each batch (a distributed sampler that keeps
+the global batch), and the loss is normalised by the global batch, so 2 processes ≈ 1 process.
 Python: `train(TrainConfig(head="ste", depth=2), "work/cache.zarr")`; CLI: `stecache train-head`.
 """
 

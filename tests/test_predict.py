@@ -138,6 +138,25 @@ def test_multi_label_uses_the_threshold(pred):
     assert pred.predicted(np.array([0.2, 0.5, 0.3])) == [1]
 
 
+def test_multi_label_run_reads_tuned_threshold_and_uses_sigmoid(world, pred, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run, ignore=shutil.ignore_patterns("export", "timelines"))
+    rec = json.loads((run / "config.json").read_text())
+    rec["cache_attrs"]["multi_label"] = True
+    (run / "config.json").write_text(json.dumps(rec))
+    (run / "metrics.json").write_text(json.dumps({"threshold": 0.37}))
+    ml = P.load_predictor(run, backbone=pred.backbone)
+    assert ml.multi_label and ml.threshold == 0.37
+    views = torch.randn(1, 15, 3, 8, 64, 64)
+    expected = torch.sigmoid(pred.logits(views[0])).mean(0)  # mean of per-view sigmoids
+    torch.testing.assert_close(ml.probs(views)[0], expected)
+    table = P.format_rows(P.rows(ml, [{"path": "v.mp4", "probs": np.array([0.9, 0.1, 0.4]), "error": None}]),
+                          "table", True, ml.threshold)  # fmt: skip
+    assert "labels: red, blue" in table and "threshold 0.37" in table
+
+
 def test_windows_hand_computed():
     assert TL.windows(96, 16.0, 1.0, 0.5) == [(s, s + 16) for s in range(0, 81, 8)]
     assert TL.windows(100, 16.0, 1.0, 0.5)[-2:] == [(80, 96), (84, 100)]  # the tail gets a window

@@ -165,6 +165,7 @@ def test_folder_of_another_run_and_cache_mismatch(toy, tmp_path):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(toy, copy)
     assert T.evaluate(out, "val", cache=str(copy))["clips"] == 40  # same fingerprint elsewhere: fine
+    T.train(T.TrainConfig(head="patch", depth=0, epochs=1), str(copy), out, resume=True)  # moved cache: resumes
 
 
 def test_streaming_training_equals_in_ram(toy, tmp_path):
