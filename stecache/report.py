@@ -188,10 +188,10 @@ def _metrics_of(runs: list[dict]) -> tuple[tuple[str, str], ...]:
 
 
 def table_i(results: list[dict]) -> Table | None:
-    """Heads (meanFC, Tr d1, STE d1) per backbone × datasets, main metric of each dataset."""
+    """Heads (meanFC, Tr d1, STE d1) per backbone × datasets (first-seen order), main metric of each."""
     caches = _by_cache(results)
-    backbones = sorted({backbone_of(r[0]) for r in caches.values()})
-    datasets = sorted({dataset_of(r[0]) for r in caches.values()})
+    backbones = list(dict.fromkeys(backbone_of(r[0]) for r in caches.values()))  # in order of appearance
+    datasets = list(dict.fromkeys(dataset_of(r[0]) for r in caches.values()))
     rows, cells = [], []
     for bb in backbones:
         for label, alts in TABLE_I_ROWS:

@@ -171,6 +171,19 @@ def count_frames(path: str | Path) -> int:
     return n
 
 
+class ShortStream(CorruptVideo):
+    """The stream decodes to fewer frames than its header claims; `.decoded` says how many it gave."""
+
+    def __init__(self, message: str, decoded: int):
+        super().__init__(message)
+        self.decoded = decoded
+
+
+# Headers of real-world files often over-count by a few frames (VFR, edit lists); a shortfall up to this
+# share of the header count is resampled from the frames that do decode, a larger one is a truncated file.
+HEADER_SLACK = 0.1
+
+
 def decode_frames(path: str | Path, indices) -> np.ndarray:
     """Frames at `indices` (any order, repeats allowed), uint8 RGB [len(indices), H, W, 3].
 
@@ -201,8 +214,8 @@ def decode_frames(path: str | Path, indices) -> np.ndarray:
     if i < 0:
         raise EmptyVideo(f"{path}: the video stream decodes to zero frames")
     if last not in got:
-        raise CorruptVideo(
-            f"{path}: stream ended after {i + 1} frames; frame {last} was requested (truncated?)"
+        raise ShortStream(
+            f"{path}: stream ended after {i + 1} frames; frame {last} was requested (truncated?)", i + 1
         )
     return np.stack([got[k] for k in indices.tolist()])
 
@@ -270,7 +283,21 @@ def preprocess_frames(frames: np.ndarray | torch.Tensor, num_clips: int, p: Prep
 def load_clip(path: str | Path, sampling: Sampling, preprocess: Preprocess, rng=None) -> torch.Tensor:
     """Decode, sample and preprocess one video: float32 [V, 3, T, H, W], V = crops * num_clips, crop-major."""
     total = count_frames(path)
+    state = rng.bit_generator.state if rng is not None else None  # a resample draws the same numbers
     inds = frame_indices(sampling, total, rng).reshape(-1)  # [num_clips*T]
-    uniq, inverse = np.unique(inds, return_inverse=True)  # short clips repeat frames: process each once
-    views = crop_views(decode_frames(path, uniq), preprocess)  # [crops, U, 3, S, S]
+    try:
+        frames, inverse = _decode_unique(path, inds)
+    except ShortStream as e:
+        if e.decoded < total * (1 - HEADER_SLACK):
+            raise
+        if state is not None:
+            rng.bit_generator.state = state
+        frames, inverse = _decode_unique(path, frame_indices(sampling, e.decoded, rng).reshape(-1))
+    views = crop_views(frames, preprocess)  # [crops, U, 3, S, S]
     return arrange_views(views[:, torch.as_tensor(inverse.reshape(-1))], sampling.num_clips)
+
+
+def _decode_unique(path: str | Path, inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Decode each distinct index once (short clips repeat frames): (frames [U, H, W, 3], inverse [M])."""
+    uniq, inverse = np.unique(inds, return_inverse=True)
+    return decode_frames(path, uniq), inverse

@@ -403,3 +403,19 @@ def test_unusable_files_raise_typed_error_naming_the_file(tmp_path, square_mp4, 
         load_clip(path, Sampling("dense", clip_len=16, frame_interval=1), Preprocess(16, 16))
     assert isinstance(info.value, VideoError)
     assert "\n" not in str(info.value)
+
+
+def test_header_overcount_is_resampled_but_real_truncation_is_not(square_mp4, monkeypatch):
+    """A header claiming a few frames more than decode is tolerated; a big shortfall is a corrupt file."""
+    import stecache.video as video
+
+    true_total = video.count_frames(square_mp4)
+    sampling = Sampling("dense", clip_len=true_total + 1, frame_interval=1)  # needs the last frame
+    p = Preprocess(16, 16)
+    expected = load_clip(square_mp4, sampling, p)
+    monkeypatch.setattr(video, "count_frames", lambda path: true_total + 1)
+    overcount = load_clip(square_mp4, sampling, p)
+    torch.testing.assert_close(overcount, expected)
+    monkeypatch.setattr(video, "count_frames", lambda path: true_total * 2)
+    with pytest.raises(CorruptVideo, match="truncated"):
+        load_clip(square_mp4, sampling, p)
