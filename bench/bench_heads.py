@@ -5,7 +5,7 @@ Also the STE speed tricks one by one (plain → merged temporal taps → + ident
 + channels_last_3d = the default `ste`), interleaved in the same rounds, with per-round speed-ups over
 plain. GFLOP/clip are counted with FlopCounterMode on the meta device; "% mm" is achieved GFLOP/s over
 the fp32 matmul canary of the same rounds. fwd+bwd = forward + cross-entropy + backward (no optimiser).
-Run: `python -m bench heads` (~1–3 min on 2 busy cores).
+Run: `python -m bench heads` (~1 min on 2 idle cores; several times that on a shared machine).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def run_shape(label: str, shape, K: int, batch: int, rounds: int) -> tuple[list[
     return rows, times
 
 
-def main(batch: int = 1, rounds: int = 3, tiny_batch: int = 16, tiny_rounds: int = 15) -> None:
+def main(batch: int = 1, rounds: int = 3, tiny_batch: int = 64, tiny_rounds: int = 9) -> None:
     """Base shape at `batch` clips × `rounds`, tiny at `tiny_batch` × `tiny_rounds`; writes BENCHMARKS.md."""
     torch.set_num_threads(2)
     header = [

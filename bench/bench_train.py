@@ -80,25 +80,28 @@ def cache_vs_end_to_end(
     return rows
 
 
-def data_wait(tmp: Path) -> list[str]:
-    """Rows `| mode | wait share |` from train.train's log (STE d1, 240 train clips of 8×64×7×7)."""
+def data_wait(tmp: Path, epochs: int = 3) -> list[str]:
+    """Rows `| head | mode | loop s | wait s | share |` from train.train's log (240 clips of 8×64×7×7)."""
     from stecache import data as D
     from stecache import train as T
 
     url = str(tmp / "wait.zarr")
     D.toy_cache(url, n_clips=400, feature_shape=(8, 64, 7, 7), shard_size=16)
-    rows = []
-    for mode, limit in (("in RAM", None), ("streamed", "2M")):
-        cfg = T.TrainConfig(head="ste", depth=1, epochs=2, batch_size=32, ram_limit=limit)
-        T.train(cfg, url, tmp / f"wait-{len(rows)}", progress=False)
-        log = [
-            json.loads(line) for line in (tmp / f"wait-{len(rows)}" / "log.jsonl").read_text().splitlines()
-        ]
-        wait, loop = sum(e["data_wait_seconds"] for e in log), sum(e["train_seconds"] for e in log)
-        rows.append(
-            f"| {mode} | {loop / len(log):.2f} | {wait / len(log):.3f} | **{100 * wait / loop:.1f} %** |"
-        )
-        print(rows[-1], flush=True)
+    old_threads, rows = torch.get_num_threads(), []
+    torch.set_num_threads(1)
+    for head, depth in (("ste", 1), ("meanfc", 0)):
+        for mode, limit in (("in RAM", None), ("streamed", "2M")):
+            cfg = T.TrainConfig(head=head, depth=depth, epochs=epochs, batch_size=32, ram_limit=limit)
+            out = tmp / f"wait-{len(rows)}"
+            T.train(cfg, url, out, progress=False)
+            log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+            wait, loop = sum(e["data_wait_seconds"] for e in log), sum(e["train_seconds"] for e in log)
+            ms = (1e3 * loop / len(log), 1e3 * wait / len(log))
+            rows.append(
+                f"| {head} d{depth} | {mode} | {ms[0]:.0f} | {ms[1]:.1f} | **{100 * wait / loop:.1f} %** |"
+            )
+            print(rows[-1], flush=True)
+    torch.set_num_threads(old_threads)
     return rows
 
 
@@ -161,11 +164,11 @@ after the base backbone's first (warm-up) forward.
 |---|---|---|---|---|---|---|
 {chr(10).join(ratio)}
 
-**Waiting for data** (`train.train`, STE d1, 240 train clips of 8×64×7×7 fp16, batch 32, 2 epochs; a
-background thread prepares the next batch; streamed = RAM limit 2 MB, shards of 16 clips):
+**Waiting for data** (`train.train`, 240 train clips of 8×64×7×7 fp16, batch 32, 3 epochs, 1 thread; a
+background thread prepares the next batch; streamed = RAM limit 2 MB, shards of 16 clips; ms per epoch):
 
-| mode | loop s/epoch | waiting s/epoch | share waiting |
-|---|---|---|---|
+| head | mode | training loop | waiting for data | share waiting |
+|---|---|---|---|---|
 {chr(10).join(wait)}
 
 **Memory while streaming** (meanFC, 1 epoch incl. val/test, fresh process after imports; RSS in MB; the

@@ -17,6 +17,7 @@ EPOCHS=${EPOCHS:-100}
 SEEDS=${SEEDS:-0,1,2}
 DEVICE=${DEVICE:-cuda}
 MEMORY=${MEMORY:-40G}
+BATCH=${BATCH:-64}  # lr scales with it (1e-3 per 256); STE d1 at 8x14x14x768 saves ~130 MB/clip for backward
 : "${VMAE_CKPT:?set VMAE_CKPT to the official VideoMAEv2 ViT-B K710 distilled checkpoint}"
 : "${UNIF_CKPT:?set UNIF_CKPT to the official UniFormerV2-B/16 K710→K400 checkpoint}"
 : "${DATA:?set DATA to NAME=DIR pairs, TinyVIRAT-like (multi-label) first}"
@@ -36,7 +37,7 @@ for entry in $DATA; do
 done
 
 # shellcheck disable=SC2086
-"$BIN/stecache" ablate $CACHES --tables I,II,III --seeds "$SEEDS" --epochs "$EPOCHS" \
-    --device "$DEVICE" --memory "$MEMORY" --out "$RUNS"
-"$BIN/stecache" report "$RUNS/results.jsonl" --out "$REPORT"
+"$BIN/stecache" ablate $CACHES --tables I,II,III --seeds "$SEEDS" --epochs "$EPOCHS" --batch-size "$BATCH" \
+    --device "$DEVICE" --memory "$MEMORY" --out "$RUNS" --report "$REPORT"
 echo "report: $REPORT/ablation.md"
+# Fig. 1 for one run: stecache report --correlation "$RUNS/<ste-d1-s0-...>" --split val --out "$REPORT"

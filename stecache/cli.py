@@ -220,13 +220,15 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Global batch.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Base lr per 256 clips (scaled).")
-@click.option("--warmup-epochs", type=click.IntRange(0), default=5, show_default=True, help="≤ epochs//5.")
+@click.option("--warmup-epochs", type=click.IntRange(0), default=5, show_default=True,
+              help="Linear warm-up epochs, capped at epochs//5.")  # fmt: skip
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--no-balance", is_flag=True, help="Uniform sampling instead of the class-balanced sampler.")
 @click.option("--option", "options", multiple=True, callback=_head_option, metavar="KEY=VALUE",
               help="Head option (repeatable), e.g. --option patch=[2,2,2] --option dropout=0.")  # fmt: skip
 @click.option("--ram-limit", help="Max bytes a split may take in RAM (e.g. 4G); above it, stream.")
-@click.option("--out", type=click.Path(path_type=Path), help="Run folder [default: RUNS/<name>].")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Run folder [default: RUNS/NAME]; its parent gets results.jsonl.")  # fmt: skip
 @click.option("--name", help="Run name under --runs [default: derived from the settings].")
 @click.option("--runs", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
               help="Runs root (holds results.jsonl).")  # fmt: skip
@@ -237,7 +239,8 @@ def train_head(head, depth, cache, epochs, seed, batch_size, lr, warmup_epochs, 
     """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
     import logging
 
-    from .train import TrainConfig, format_metrics, train
+    from .metrics import format_table
+    from .train import TrainConfig, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # RAM or streaming, epochs, resume
 
@@ -252,7 +255,7 @@ def train_head(head, depth, cache, epochs, seed, batch_size, lr, warmup_epochs, 
                "metrics": metrics[split]}  # fmt: skip
         if f"{split}_tuned" in metrics:
             res["tuned"] = metrics[f"{split}_tuned"]
-        click.echo(format_metrics(res))
+        click.echo(format_table(res))
         click.echo(f"run folder: {metrics['run_dir']}")
 
 
@@ -263,11 +266,11 @@ def train_head(head, depth, cache, epochs, seed, batch_size, lr, warmup_epochs, 
 @click.option("--per-class", is_flag=True, help="Also print per-class precision/recall/F1 (multi-label).")
 def evaluate(run: Path, split: str, cache: str | None, per_class: bool):
     """Metrics of a trained run's best head on a split of its cache."""
+    from .metrics import format_table
     from .train import evaluate as evaluate_run
-    from .train import format_metrics
 
     result = evaluate_run(run, split=split, cache=cache)
-    click.echo(format_metrics(result, result["class_names"] if per_class else None))
+    click.echo(format_table(result, result["class_names"] if per_class else None))
 
 
 # ---- extract / info / export-h5 / import-h5 ----------------------------------------------------------

@@ -126,9 +126,11 @@ class SplitData:
         if self.in_ram:
             return self.features[pos]
         rows = self.rows[pos]
-        if self.views == 1:
-            return self.cache.read(rows)[:, None]
-        return self.cache.read_views(rows)
+        read = (lambda r: self.cache.read(r)[:, None]) if self.views == 1 else self.cache.read_views
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        if hi - lo <= 2 * len(rows):  # one sequential read of the span beats row-by-row selection
+            return read(slice(lo, hi))[rows - lo]
+        return read(rows)
 
 
 def load_split(cache, split: str, views: bool = False, limit: int | str | None = None) -> SplitData:
@@ -209,13 +211,21 @@ def batches(
             )
         elif view_of is not None:
             f = f[np.arange(len(pos)), view_of[pos] % data.views][:, None]
-        pos_buf.append(pos)
-        feat_buf.append(f)
-        held += len(pos)
-        while held >= batch_size:
-            p, x = np.concatenate(pos_buf), np.concatenate(feat_buf)
-            yield p[:batch_size], x[:batch_size]
-            pos_buf, feat_buf, held = [p[batch_size:]], [x[batch_size:]], held - batch_size
+        start = 0
+        if held:  # complete the batch begun in the previous piece
+            start = min(batch_size - held, len(pos))
+            pos_buf.append(pos[:start])
+            feat_buf.append(f[:start])
+            held += start
+            if held < batch_size:
+                continue
+            yield np.concatenate(pos_buf), np.concatenate(feat_buf)
+            pos_buf, feat_buf, held = [], [], 0
+        for i in range(start, len(pos), batch_size):  # whole batches as views, the rest carried over
+            if len(pos) - i < batch_size:
+                pos_buf, feat_buf, held = [pos[i:]], [f[i:]], len(pos) - i
+                break
+            yield pos[i : i + batch_size], f[i : i + batch_size]
     if held:
         yield np.concatenate(pos_buf), np.concatenate(feat_buf)
 

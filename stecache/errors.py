@@ -57,5 +57,13 @@ class TrainError(StecacheError):
     """Training cannot start as asked (a class without training examples, a run folder holding another run)."""
 
 
+class SweepError(StecacheError):
+    """A sweep that cannot be expanded (bad head spec, table name or --set key/value)."""
+
+
+class ResultsError(StecacheError):
+    """A results.jsonl that is missing, malformed, or holds no run a table needs."""
+
+
 class ExtractionFailed(StecacheError):
     """Some clips could not be extracted (recorded in the cache); the message summarises them."""

@@ -114,7 +114,7 @@ def export(
     checkpoint: str | Path | None = None,
     pred: Predictor | None = None,
 ) -> tuple[Path, Path]:
-    """Write RUN's model as `fmt` to `out` (default RUN/export/model.pt|.onnx) and its JSON; both paths."""
+    """Write RUN's model as `fmt` to `out` (default RUN/export/model|head.pt|.onnx) + its JSON; both paths."""
     if fmt not in FORMATS:
         raise StecacheError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     pred = pred or load_predictor(run, checkpoint)

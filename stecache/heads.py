@@ -292,9 +292,10 @@ class PatchHead(STEHead):
 class TrHead(_Head):
     """`tr`: depth × pre-norm self-attention block over the n·h·w tokens → meanFC (Tr_head).
 
-    Options: `num_heads` (default c/64 like ViT, at least 1, must divide c), `pos` position encoding added
-    once before the blocks ("learned" trunc_normal(0.02) table — default; "sincos" fixed VideoMAE table;
-    "none"), `mlp_ratio` 4, `drop`/`attn_drop`/`drop_path` 0, `dropout` (meanFC), `eps` 1e-6, `init_std`.
+    Options: `num_heads` (default c/64 as in ViT: the largest divisor of c ≤ c/64, at least 1), `pos`
+    position encoding added once before the blocks ("learned" trunc_normal(0.02) table — default;
+    "sincos" fixed VideoMAE table; "none"), `mlp_ratio` 4, `drop`/`attn_drop`/`drop_path` 0, `dropout`
+    (meanFC), `eps` 1e-6, `init_std`.
     """
 
     depths = range(1, MAX_DEPTH + 1)
@@ -306,7 +307,7 @@ class TrHead(_Head):
         super().__init__()
         self._setup(feature_shape, num_classes, depth, autocast)
         n, c, h, w = feature_shape
-        num_heads = num_heads or max(1, c // 64)
+        num_heads = num_heads or max(d for d in range(1, max(1, c // 64) + 1) if c % d == 0)
         if c % num_heads:
             raise HeadConfigError(f"num_heads {num_heads} does not divide the {c} channels")
         if pos not in ("learned", "sincos", "none"):

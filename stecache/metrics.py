@@ -122,3 +122,56 @@ def evaluate_probs(probs: np.ndarray, target: np.ndarray, multi_label: bool, thr
 def main_metric(multi_label: bool) -> str:
     """The metric a run is selected on: macro-F1 for multi-label caches, Acc@1 for single-label."""
     return "macro_f1" if multi_label else "acc1"
+
+
+def summary(m: dict) -> dict:
+    """Scalar metrics only (drops per-class tables and the confusion matrix)."""
+    return {k: v for k, v in m.items() if not isinstance(v, dict | list)}
+
+
+def format_table(result: dict, class_names=None) -> str:
+    """A readable table of a {run, split, clips, metrics[, tuned]} result (percentages)."""
+    lines = [f"{result['run']} — split {result['split']} ({result['clips']} clips)"]
+    tables = [("", result["metrics"])]
+    if "tuned" in result and result["tuned"]["threshold"] != result["metrics"]["threshold"]:
+        tables.append(("val-tuned ", result["tuned"]))
+    for title, m in tables:
+        if "threshold" in m:
+            lines.append(f"  {title}threshold {m['threshold']:.2f}")
+        lines += [f"    {k:<16} {100 * v:6.2f}" for k, v in summary(m).items() if k != "threshold"]
+        pc = m.get("per_class", {})
+        if "f1" in pc and class_names:
+            for name, p, r, f, s in zip(
+                class_names, pc["precision"], pc["recall"], pc["f1"], pc["support"], strict=True
+            ):
+                lines.append(f"      {name:<24} P {100 * p:6.2f}  R {100 * r:6.2f}  F1 {100 * f:6.2f}  n={s}")
+    return "\n".join(lines)
+
+
+def plot_metrics(m: dict, class_names, multi: bool, path) -> None:
+    """Per-class F1 bars (multi-label) or the confusion matrix (single-label) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    K = len(class_names)
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * K + 2), 4 if multi else max(4, 0.4 * K + 2)))
+    if multi:
+        ax.bar(range(K), m["per_class"]["f1"])
+        ax.set_ylabel("F1")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"per-class F1 at threshold {m['threshold']:.2f} (macro {m['macro_f1']:.3f})")
+    else:
+        cm = np.asarray(m["confusion"])
+        ax.imshow(cm, cmap="Blues")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        ax.set_ylabel("true")
+        ax.set_xlabel("predicted")
+        ax.set_yticks(range(K), class_names)
+        ax.set_title(f"confusion (Acc@1 {m['acc1']:.3f})")
+    ax.set_xticks(range(K), class_names, rotation=90)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

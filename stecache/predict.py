@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import canonical_json
 from .errors import CacheMismatch, CheckpointMismatch, StecacheError, VideoError
 from .video import Preprocess, Sampling, load_clip
 
@@ -129,14 +130,19 @@ def load_backbone(prov: dict, checkpoint: str | Path | None = None, device="cpu"
             f"this run's cache was extracted with {name} checkpoint {prov.get('checkpoint')} "
             f"(sha256 {weights}); pass --checkpoint PATH to that file"
         )
-    backbone = load(name, checkpoint, device)
+    try:
+        backbone = load(name, checkpoint, device)
+    except ValueError as e:  # a backbone this stecache does not know
+        raise RunError(f"cannot rebuild the run's backbone: {e}") from None
     got = backbone.provenance()
     if got.get("weights", "random") != weights:
         raise CheckpointMismatch(
             f"{checkpoint or name}: weights sha256 {got.get('weights')} != {weights} recorded in the cache; "
             "predictions would not match the trained head"
         )
-    diff = sorted(k for k in prov if k != "checkpoint" and got.get(k) != prov[k])
+    diff = sorted(
+        k for k in prov if k != "checkpoint" and canonical_json(got.get(k)) != canonical_json(prov[k])
+    )
     if diff:
         raise CacheMismatch(
             f"backbone {name} built by this stecache differs from the cache's in {', '.join(diff)}: "
@@ -226,6 +232,10 @@ class _Loader(torch.utils.data.Dataset):
             return j, None, f"{type(e).__name__}: {e}"
 
 
+def _identity(x):
+    return x
+
+
 def predict_files(
     pred: Predictor, paths: list[Path], batch_size: int = 4, workers: int = 0, progress: bool = True
 ) -> list[dict]:
@@ -233,7 +243,7 @@ def predict_files(
     from tqdm import tqdm
 
     loader = torch.utils.data.DataLoader(
-        _Loader(pred, paths), batch_size=None, num_workers=workers, collate_fn=lambda x: x
+        _Loader(pred, paths), batch_size=None, num_workers=workers, collate_fn=_identity
     )
     results: list[dict] = [{"path": str(p), "probs": None, "error": None} for p in paths]
     pending: list[tuple[int, torch.Tensor]] = []

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import canonical_json
-from .errors import StecacheError
+from .errors import ResultsError
 from .metrics import main_metric
 
 # (label, metric key) columns; values are fractions, shown as percentages like the paper
@@ -35,10 +35,6 @@ TABLE_II_ROWS = (
 TABLE_III_ROWS = tuple((f"depth {d}", [("ste", d)]) for d in range(5))
 # config keys that do not make a different hyperparameter setting
 NOT_HYPERPARAMS = {"seed", "head", "depth", "out", "run", "name", "tag"}
-
-
-class ResultsError(StecacheError):
-    """results.jsonl is missing, malformed, or holds no run a table needs."""
 
 
 @dataclass(frozen=True)
@@ -111,20 +107,29 @@ def _stats(values: list[float]) -> Cell:
     return Cell(float(v.mean()), std, len(v))
 
 
-def select(runs: list[dict], alternatives: list[tuple[str, int | None]]) -> list[dict]:
-    """The seeds of the best setting (by mean val main metric) of the first (head, depth) present."""
+def select(runs: list[dict], alternatives: list[tuple[str, int | None]]) -> tuple[list[dict], str]:
+    """The seeds of the best setting (by mean val main metric) of the first (head, depth) present.
+
+    Returns (runs of that setting by seed, "" or the chosen values of the keys that differ, e.g. "lr=0.01").
+    """
     for head, depth in alternatives:
         match = [r for r in runs if r["head"] == head and (depth is None or _depth(r) == depth)]
         if match:
             break
     else:
-        return []
+        return [], ""
     groups: dict[str, dict[int, dict]] = {}
     for r in match:  # a re-run of the same seed replaces the earlier record
         groups.setdefault(_hyperparams(r), {})[int(r["seed"])] = r
     metric = main_metric(bool(match[0].get("multi_label", False)))
     best = max(groups.values(), key=lambda g: np.mean([r["val"][metric] for r in g.values()]))
-    return [best[s] for s in sorted(best)]
+    chosen = next(iter(best.values())).get("config", {})
+    cfgs = [next(iter(g.values())).get("config", {}) for g in groups.values()]
+    differ = sorted(
+        k for k in chosen if k not in NOT_HYPERPARAMS and len({canonical_json(c.get(k)) for c in cfgs}) > 1
+    )
+    choice = ", ".join(f"{k}={chosen[k]}" for k in differ)
+    return [best[s] for s in sorted(best)], (f"{choice} (of {len(groups)} settings)" if choice else "")
 
 
 def _cell(runs: list[dict], metric: str) -> Cell | None:
@@ -192,7 +197,7 @@ def table_i(results: list[dict]) -> Table | None:
     caches = _by_cache(results)
     backbones = list(dict.fromkeys(backbone_of(r[0]) for r in caches.values()))  # in order of appearance
     datasets = list(dict.fromkeys(dataset_of(r[0]) for r in caches.values()))
-    rows, cells = [], []
+    rows, cells, notes = [], [], []
     for bb in backbones:
         for label, alts in TABLE_I_ROWS:
             row = []
@@ -200,14 +205,20 @@ def table_i(results: list[dict]) -> Table | None:
                 runs = [
                     r for rs in caches.values() for r in rs if (backbone_of(r), dataset_of(r)) == (bb, ds)
                 ]
-                sel = select(runs, alts) if runs else []
+                sel, choice = select(runs, alts) if runs else ([], "")
                 row.append(_cell(sel, main_metric(bool(sel[0].get("multi_label")))) if sel else None)
+                if choice:
+                    notes.append(f"{bb} + {label} on {ds}: {choice}")
             rows.append(f"{bb} + {label}")
             cells.append(row)
     if all(c is None for row in cells for c in row):
         return None
     cols = [f"{ds} ({'F1' if _is_multi(results, ds) else 'Acc@1'})" for ds in datasets]
-    return Table("Table I: classifier heads × backbones", rows, cols, cells)
+    return Table("Table I: classifier heads × backbones", rows, cols, cells, _note(notes))
+
+
+def _note(notes: list[str]) -> str:
+    return "Selected on val: " + "; ".join(notes) + "." if notes else ""
 
 
 def _is_multi(results: list[dict], dataset: str) -> bool:
@@ -216,14 +227,16 @@ def _is_multi(results: list[dict], dataset: str) -> bool:
 
 def _table_on_cache(title: str, runs: list[dict], spec) -> Table | None:
     metrics = _metrics_of(runs)
-    rows, cells = [], []
+    rows, cells, notes = [], [], []
     for label, alts in spec:
-        sel = select(runs, alts)
+        sel, choice = select(runs, alts)
         rows.append(label)
         cells.append([_cell(sel, key) if sel else None for _, key in metrics])
-    if sum(any(c is not None for c in row) for row in cells) < 2:
+        if choice:
+            notes.append(f"{label}: {choice}")
+    if sum(any(c is not None for c in row) for row in cells) < 3:  # not this table's runs (e.g. Table I's)
         return None
-    return Table(title, rows, [m for m, _ in metrics], cells)
+    return Table(title, rows, [m for m, _ in metrics], cells, _note(notes))
 
 
 def tables(results: list[dict]) -> list[Table]:

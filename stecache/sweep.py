@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,9 +24,7 @@ import torch
 from . import data as D
 from . import metrics as M
 from . import train as T
-from .errors import StecacheError
-
-log = logging.getLogger(__name__)
+from .errors import SweepError
 
 # Table presets: head specs; Table I runs on every cache, II and III on the first cache only.
 # The patch_base_classifier row of Table II is `ste` at depth 0 (the same head; report.py maps it).
@@ -38,10 +35,6 @@ TABLES = {
 }
 # TrainConfig fields that only change a head, not the batches it sees; every other field is a data key
 HEAD_FIELDS = {"head", "depth", "head_options", "lr", "warmup_epochs", "weight_decay", "tune_threshold"}
-
-
-class SweepError(StecacheError):
-    """A sweep specification that cannot be expanded (bad head spec, table name or grid value)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +49,7 @@ class Job:
 
 
 def parse_heads(spec: str | list[str]) -> list[tuple[str, int | None]]:
-    """ "meanfc,tr:1,ste:0-4" -> [(meanfc, None), (tr, 1), (ste, 0), ..., (ste, 4)]."""
+    """Head specs to (name, depth): meanfc,tr:1,ste:0-4 -> (meanfc, None), (tr, 1), (ste, 0) ... (ste, 4)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     out = []
     for item in (s.strip() for s in items if s.strip()):
@@ -333,19 +326,21 @@ def run_sweep(
             start = _resume_epoch(out / T.run_name(c, cache))
             by_key.setdefault((data_key(c), start), []).append(c)
         for (_, start), cfgs in by_key.items():
-            sizes = [estimate_bytes(c, cache.feature_shape, len(cache.class_names)) for c in cfgs]
-            groups = group_by_memory(sizes, cap)
             c0 = cfgs[0]
+            train_split = _split(splits, cache, "train", c0.train_views == "random", c0.ram_limit)
+            T._check_classes(cache, train_split)
+            val_split = _split(splits, cache, "val", c0.test_views == "all", c0.ram_limit)
+            held = sum(s.features.nbytes for s in splits.values() if s.in_ram)
+            free = cap - held if torch.device(device).type == "cpu" else cap  # features share the RAM
+            sizes = [estimate_bytes(c, cache.feature_shape, len(cache.class_names)) for c in cfgs]
+            groups = group_by_memory(sizes, free)
             mib = [(sum(sizes[i][0] for i in g) + max(sizes[i][1] for i in g)) / 2**20 for g in groups]
             echo(
                 f"  data key seed={c0.seed} batch={c0.batch_size} epochs={c0.epochs}"
                 f"{f' from epoch {start + 1}' if start else ''}: {len(cfgs)} heads in {len(groups)} pass(es)"
-                f" under {cap / 2**20:.0f} MiB: "
+                f" under {free / 2**20:.0f} MiB: "
                 + "; ".join(f"{len(g)} heads ~{m:.1f} MiB" for g, m in zip(groups, mib, strict=True))
             )
-            train_split = _split(splits, cache, "train", c0.train_views == "random", c0.ram_limit)
-            T._check_classes(cache, train_split)
-            val_split = _split(splits, cache, "val", c0.test_views == "all", c0.ram_limit)
             for g in groups:
                 runs = [make_run(cfgs[i], cache, out / T.run_name(cfgs[i], cache), device, failed) for i in g]
                 t0 = time.perf_counter()
@@ -359,9 +354,9 @@ def run_sweep(
 
 def _split(splits: dict, cache, name: str, views: bool, limit) -> D.SplitData:
     """Split `name` of the cache, loaded on first use and kept in `splits`."""
-    if (name, views) not in splits:
-        splits[(name, views)] = D.load_split(cache, name, views=views, limit=limit)
-    return splits[(name, views)]
+    if (name, views, limit) not in splits:
+        splits[(name, views, limit)] = D.load_split(cache, name, views=views, limit=limit)
+    return splits[(name, views, limit)]
 
 
 def _resume_epoch(run_dir: Path) -> int:

@@ -1,14 +1,10 @@
 """Stage two: train one classifier head from a feature cache with the paper's protocol (§III-B).
 
-AdamW (weight decay 0.05), base lr 1e-3 per 256 clips scaled linearly with the global batch, linear
-warm-up for min(warmup_epochs, epochs // 5) epochs (5 of the paper's 100; fewer on short CPU runs) then
-cosine annealing to 0, per step. BCE-with-logits on multi-label caches, cross-entropy on single-label
-ones. Validation every epoch selects the best epoch (macro-F1 at 0.5, or Acc@1); test is evaluated once,
-with the best weights. Run folder: config.json, log.jsonl, metrics.json, best/last.safetensors, last.pt
-(resume state), a PNG, and a line in <runs>/results.jsonl. A killed run resumes bit-identically from its
-last finished epoch. Under `torchrun` it trains with DistributedDataParallel (gloo on CPU): every rank draws
-the same global batch order and takes every world-th clip of each batch (a distributed sampler that keeps
-the global batch), and the loss is normalised by the global batch, so 2 processes ≈ 1 process.
+AdamW (decay 0.05 on weights, none on biases/norms), lr 1e-3 per 256 clips scaled with the global batch,
+linear warm-up for min(warmup_epochs, epochs // 5) epochs then cosine to 0, per step; BCE-with-logits
+(multi-label) or cross-entropy. Validation every epoch picks the best epoch (macro-F1 at 0.5 or Acc@1);
+test is evaluated once with it. A killed run resumes bit-identically from its last epoch. Under torchrun,
+DDP: every rank takes every world-th clip of the same global batch, loss normalised by the global batch.
 Python: `train(TrainConfig(head="ste", depth=2), "work/cache.zarr")`; CLI: `stecache train-head`.
 """
 
@@ -117,9 +113,7 @@ def predict(head, split: D.SplitData, multi_label: bool, batch_size: int = 64, d
     return out
 
 
-def _summary(m: dict) -> dict:
-    """Scalar metrics only (drops per-class tables and the confusion matrix)."""
-    return {k: v for k, v in m.items() if not isinstance(v, dict | list)}
+_summary = M.summary  # (sweep.py uses this name)
 
 
 def _finite(obj):
@@ -339,7 +333,7 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         if multi and cfg.tune_threshold:
             metrics["test_tuned"] = M.evaluate_probs(test_probs, test_split.targets(multi), multi, threshold)
     _save(json.dumps(_finite(metrics), indent=2) + "\n", out / "metrics.json")
-    _plot(
+    M.plot_metrics(
         metrics.get("test", val),
         cache.class_names,
         multi,
@@ -360,35 +354,6 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
     with open(out.parent / "results.jsonl", "a") as f:
         f.write(json.dumps(_finite(record), default=str) + "\n")
     return metrics | {"run_dir": str(out)}
-
-
-def _plot(m: dict, class_names, multi: bool, path: Path) -> None:
-    """Per-class F1 bars (multi-label) or the confusion matrix (single-label) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    K = len(class_names)
-    fig, ax = plt.subplots(figsize=(max(4, 0.4 * K + 2), 4 if multi else max(4, 0.4 * K + 2)))
-    if multi:
-        ax.bar(range(K), m["per_class"]["f1"])
-        ax.set_ylabel("F1")
-        ax.set_ylim(0, 1)
-        ax.set_title(f"per-class F1 at threshold {m['threshold']:.2f} (macro {m['macro_f1']:.3f})")
-    else:
-        cm = np.asarray(m["confusion"])
-        ax.imshow(cm, cmap="Blues")
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-        ax.set_ylabel("true")
-        ax.set_xlabel("predicted")
-        ax.set_yticks(range(K), class_names)
-        ax.set_title(f"confusion (Acc@1 {m['acc1']:.3f})")
-    ax.set_xticks(range(K), class_names, rotation=90)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # ---- evaluation of a finished run --------------------------------------------------------------------
@@ -424,22 +389,3 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
     if multi and saved.exists() and "threshold" in (m := json.loads(saved.read_text())):
         out["tuned"] = M.evaluate_probs(probs, data.targets(multi), multi, m["threshold"])
     return out
-
-
-def format_metrics(result: dict, class_names=None) -> str:
-    """A readable table of an `evaluate` result."""
-    lines = [f"{result['run']} — split {result['split']} ({result['clips']} clips)"]
-    tables = [("", result["metrics"])]
-    if "tuned" in result and result["tuned"]["threshold"] != result["metrics"]["threshold"]:
-        tables.append(("val-tuned ", result["tuned"]))
-    for title, m in tables:
-        if "threshold" in m:
-            lines.append(f"  {title}threshold {m['threshold']:.2f}")
-        lines += [f"    {k:<16} {100 * v:6.2f}" for k, v in _summary(m).items() if k != "threshold"]
-        pc = m.get("per_class", {})
-        if "f1" in pc and class_names:
-            for name, p, r, f, s in zip(
-                class_names, pc["precision"], pc["recall"], pc["f1"], pc["support"], strict=True
-            ):
-                lines.append(f"      {name:<24} P {100 * p:6.2f}  R {100 * r:6.2f}  F1 {100 * f:6.2f}  n={s}")
-    return "\n".join(lines)

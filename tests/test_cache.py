@@ -259,3 +259,13 @@ def test_cli_info_export_import(tmp_path):
     assert out.exit_code == 0 and cache.fingerprint in out.output
     out = run(cli, ["info", str(tmp_path / "missing.zarr")])
     assert out.exit_code == 1 and "no feature cache" in out.output
+
+
+def test_half_created_cache_is_recreated(tmp_path):
+    c = _make(tmp_path / "c.zarr")
+    attrs = {k: v for k, v in c.attrs.items() if k != "fingerprint"}
+    c.group.attrs.put(attrs)  # as if killed between creating the arrays and writing the attributes
+    with pytest.raises(CacheMismatch, match="not a complete"):
+        open_cache(tmp_path / "c.zarr")
+    again = _make(tmp_path / "c.zarr")
+    assert again.fingerprint == c.fingerprint and not again.done.any()

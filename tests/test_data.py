@@ -39,13 +39,14 @@ def test_ram_and_streaming_serve_the_same_rows(toy, caplog):
     order = D.epoch_rows(len(stream), seed=0, epoch=0)
     views = D.epoch_views(len(stream), 3, seed=0, epoch=0)
     for data in (ram, stream):
-        seen = []
-        for pos, x in D.batches(data, order, 10, views, seed=5):
-            assert x.shape[1] == 1 and len(pos) <= 10
-            np.testing.assert_array_equal(x[:, 0], want[pos, views[pos]])
-            seen.append(pos)
-        seen = np.concatenate(seen)
-        assert sorted(seen) == list(range(len(data)))  # every row exactly once
+        for bs in (3, 10, 64):  # smaller and larger than a streamed buffer (1 shard of 8 rows)
+            seen = []
+            for pos, x in D.batches(data, order, bs, views, seed=5):
+                assert x.shape[1] == 1 and len(pos) == bs or len(seen) == len(data) // bs
+                np.testing.assert_array_equal(x[:, 0], want[pos, views[pos]])
+                seen.append(pos)
+            seen = np.concatenate(seen)
+            assert sorted(seen) == list(range(len(data)))  # every row exactly once
     for data in (ram, stream):  # in RAM, or without a seed (evaluation): the given order as is
         np.testing.assert_array_equal(np.concatenate([p for p, _ in D.batches(data, order, 10)]), order)
     shuffled = np.concatenate([p for p, _ in D.batches(stream, order, 10, seed=5)])

@@ -38,8 +38,10 @@ def close(a, b, rtol=1e-5):
 # ---- the table and every head × depth -------------------------------------------------------------------
 
 
-def test_default_depths():
+def test_default_depths_and_heads():
     assert [build_head(n, SHAPE, K).depth for n in HEADS] == [0, 1, 1, 1, 0]
+    heads = lambda c: build_head("tr", (1, c, 1, 1), K, pos="none").blocks[0].num_heads
+    assert (heads(16), heads(768), heads(200), heads(384)) == (1, 12, 2, 6)
 
 
 def test_table_and_depths():

@@ -41,7 +41,8 @@ def test_multilabel_zero_division_one():
 
 def test_multilabel_other_threshold():
     m = metrics.multilabel_metrics(PROBS, TARGET, threshold=0.35)
-    # preds: s0 [1,1,0], s1 [1,1,0], s2 [0,0,0], s3 [1,0,0] -> class 0: tp2 fp1 fn0 -> F1 4/5; class 1: tp1 fp1 fn1
+    # preds: s0 [1,1,0], s1 [1,1,0], s2 [0,0,0], s3 [1,0,0]
+    # class 0: tp2 fp1 fn0 -> F1 4/5; class 1: tp1 fp1 fn1 -> 1/2
     assert m["per_class"]["f1"] == pytest.approx([0.8, 0.5, 0.0])
 
 

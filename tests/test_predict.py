@@ -98,6 +98,26 @@ def test_prediction_equals_head_on_cached_views(world, pred):
     assert got.argmax(1).tolist() == cache.label_index()[rows].tolist()  # the colours are learnt
 
 
+class _Logits(torch.nn.Module):
+    """Stand-in head: pixels 0-2 of channel 0, frame 0, row 0 are the logits; [M, 3, T, H, W] -> [M, 3]."""
+
+    def forward(self, x):
+        return x[:, 0, 0, 0, :3]
+
+
+def test_probs_average_probabilities_not_logits(pred):
+    """mmaction2 average_clip='prob': softmax (sigmoid) per view, then the mean; hand-computed values."""
+    views = torch.zeros(1, 2, 3, 1, 1, 3)  # [B=1, V=2, 3, T, H, W=3]
+    views[0, 0, 0, 0, 0] = torch.tensor([2.0, 0, 0])
+    views[0, 1, 0, 0, 0] = torch.tensor([0, 2.0, 0])
+    p = P.Predictor(**{**pred.__dict__, "backbone": torch.nn.Identity(), "head": _Logits()})
+    e = np.e**2
+    np.testing.assert_allclose(p.probs(views)[0], [(e + 1) / (2 * (e + 2))] * 2 + [1 / (e + 2)], rtol=1e-6)
+    ml = P.Predictor(**{**p.__dict__, "multi_label": True})
+    s2 = 1 / (1 + np.exp(-2))
+    np.testing.assert_allclose(ml.probs(views)[0], [(s2 + 0.5) / 2] * 2 + [0.5], rtol=1e-6)
+
+
 def test_bad_files_do_not_stop_a_batch(world, pred, tmp_path):
     good = [world["root"] / c.path for c in world["clips"][:2]]
     (tmp_path / "empty.mp4").write_bytes(b"")
@@ -111,7 +131,9 @@ def test_bad_files_do_not_stop_a_batch(world, pred, tmp_path):
 
     from stecache.cli import cli
 
-    out = CliRunner().invoke(cli, ["predict", str(world["run"]), *map(str, paths), "--format", "json"])
+    out = CliRunner().invoke(
+        cli, ["predict", str(world["run"]), *map(str, paths), "--format", "json", "--workers", "2"]
+    )
     assert out.exit_code == 1, out.output
     records = json.loads(out.stdout[: out.stdout.rindex("]") + 1])
     assert [r["error"] is None for r in records] == [True, False, False, False, True]
@@ -222,6 +244,26 @@ def test_checkpoint_must_match_provenance(pred, tmp_path):
         rebuilt = P.load_backbone(prov)  # random weights are rebuilt from the fixed seed: same features
     x = torch.randn(2, 3, 8, 64, 64)
     assert torch.equal(rebuilt(x), pred.backbone(x))
+
+
+def test_checkpoint_sha256_is_verified(tmp_path):
+    """A run extracted with checkpoint A predicts with A; checkpoint B (other weights) is refused."""
+    from transformers import VideoMAEForVideoClassification
+
+    from stecache.backbones import load, videomae
+
+    for name, seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(seed)
+        VideoMAEForVideoClassification(videomae.hf_config(videomae.TINY)).eval().save_pretrained(
+            tmp_path / name
+        )
+    prov = load("videomaev2-tiny", checkpoint=tmp_path / "a").provenance()
+    assert len(prov["weights"]) == 64
+    x = torch.randn(1, 3, 8, 64, 64)
+    same = P.load_backbone(prov, checkpoint=tmp_path / "a")
+    assert torch.equal(same(x), load("videomaev2-tiny", checkpoint=tmp_path / "a")(x))
+    with pytest.raises(CheckpointMismatch, match="sha256"):
+        P.load_backbone(prov, checkpoint=tmp_path / "b")
 
 
 def test_not_a_run(tmp_path):

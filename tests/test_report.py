@@ -112,6 +112,13 @@ def test_selection_on_val_picks_the_setting_then_reports_its_test():
     recs += [_rec("ste", 1, s, 0.60) for s in range(2)]
     t1 = report.tables(recs)[0]
     assert t1.cells[0][0].mean == pytest.approx(0.40)
+    assert t1.note == "Selected on val: vmae + meanFC on synth: lr=0.01 (of 2 settings)."
+    assert "lr=0.01" in t1.markdown()
+
+
+def test_tables_ii_iii_need_their_own_runs():
+    recs = [r for r in _full() if (r["head"], r["depth"]) in (("meanfc", 0), ("tr", 1), ("ste", 1))]
+    assert [t.title.split(":")[0] for t in report.tables(recs)] == ["Table I"]
 
 
 def test_table_i_two_backbones_two_datasets():

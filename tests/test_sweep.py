@@ -190,3 +190,35 @@ def test_estimate_bytes_grows_with_depth_and_batch():
 
     params = sum(p.numel() for p in build_head("ste", SHAPE, 3, 1).parameters())
     assert p1 == 3 * 4 * params
+
+
+def test_cli_ablate_and_report(cache_url, tmp_path):
+    from click.testing import CliRunner
+
+    from stecache.cli import cli
+
+    out = tmp_path / "runs"
+    args = [
+        "ablate",
+        cache_url,
+        "--heads",
+        "meanfc,ste:0",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
+    res = CliRunner().invoke(cli, args + ["--set", "lr=0.01,0.02"])
+    assert res.exit_code == 0, res.output
+    assert "12 runs, 0 already" in res.output and "in 1 pass(es)" in res.output
+    assert len((out / "results.jsonl").read_text().splitlines()) == 12
+    res = CliRunner().invoke(cli, ["report", str(out / "results.jsonl"), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert "Table II" in res.output and (tmp_path / "rep" / "table_ii.csv").exists()
+    assert "of 2 settings" in res.output  # lr chosen on val, said in the table's note
+    bad = CliRunner().invoke(cli, ["ablate", cache_url, "--tables", "IV", "--out", str(out)])
+    assert bad.exit_code == 1 and "known tables are I, II, III" in bad.output
+    bad = CliRunner().invoke(cli, ["report", str(tmp_path / "nope.jsonl")])
+    assert bad.exit_code == 1 and "no such results file" in bad.output

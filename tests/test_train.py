@@ -165,7 +165,8 @@ def test_folder_of_another_run_and_cache_mismatch(toy, tmp_path):
     copy = tmp_path / "copy.zarr"
     shutil.copytree(toy, copy)
     assert T.evaluate(out, "val", cache=str(copy))["clips"] == 40  # same fingerprint elsewhere: fine
-    T.train(T.TrainConfig(head="patch", depth=0, epochs=1), str(copy), out, resume=True)  # moved cache: resumes
+    # the same cache at another path: still the same run, resumes (here: already complete)
+    T.train(T.TrainConfig(head="patch", depth=0, epochs=1), str(copy), out, resume=True)
 
 
 def test_streaming_training_equals_in_ram(toy, tmp_path):
@@ -181,7 +182,7 @@ RUN_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
 from stecache import train as T
-cfg = T.TrainConfig(head="ste", depth=1, epochs=int(sys.argv[3]), batch_size=16, lr=0.05)
+cfg = T.TrainConfig(head="stemean", depth=1, epochs=int(sys.argv[3]), batch_size=16, lr=0.05)  # has dropout
 T.train(cfg, sys.argv[1], sys.argv[2], progress=False)
 """
 
@@ -191,6 +192,7 @@ def _run(args, **kw):
     return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, *map(str, args)], env=env, **kw)
 
 
+@pytest.mark.slow  # three training processes: ~15 s idle, 30 s on a loaded machine
 def test_resume_after_sigkill_is_identical(toy, tmp_path):
     epochs = 8
     assert _run([toy, tmp_path / "full", epochs]).wait() == 0
