@@ -192,7 +192,8 @@ def train(
     state = _resume_state(out, identity, resume)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        cache_ref = {"url": str(cache.url), "fingerprint": cache.fingerprint}
+        url = cache.url if "://" in cache.url else str(Path(cache.url).resolve())  # evaluate from anywhere
+        cache_ref = {"url": url, "fingerprint": cache.fingerprint}
         record = identity | {"cache": cache_ref, "cache_attrs": cache.attrs, "failed_clips": failed,
                              "world_size": world}  # fmt: skip
         _save(json.dumps(record, indent=2, default=str) + "\n", out / "config.json")
@@ -283,9 +284,8 @@ def train(
 
 def _identity(record: dict) -> tuple:
     """(config, cache fingerprint) of a run record: what a resumed run must share with the folder's."""
-    return record.get("config"), record.get("cache_fingerprint") or (record.get("cache") or {}).get(
-        "fingerprint"
-    )
+    fp = record.get("cache_fingerprint") or (record.get("cache") or {}).get("fingerprint")
+    return record.get("config"), fp
 
 
 def _resume_state(out: Path, identity: dict, resume: bool | None) -> dict | None:
