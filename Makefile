@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(BIN)/stecache synth $(WORK)/synth
 	$(BIN)/stecache extract --backbone videomaev2-tiny --data $(WORK)/synth --cache $(WORK)/cache-videomaev2-tiny.zarr
 	$(BIN)/stecache info $(WORK)/cache-videomaev2-tiny.zarr
-	$(BIN)/stecache train-head --head ste --depth 2 --cache $(WORK)/cache-videomaev2-tiny.zarr --runs $(WORK)/runs --name demo-ste-d2
+	$(BIN)/stecache train-head --head ste --depth 2 --cache $(WORK)/cache-videomaev2-tiny.zarr --lr 0.01 --runs $(WORK)/runs --name demo-ste-d2
 	$(BIN)/stecache evaluate $(WORK)/runs/demo-ste-d2 --split test
 	$(BIN)/stecache predict $(WORK)/runs/demo-ste-d2 $$(ls $(WORK)/synth/videos/*.mp4 | head -n 4)
 
