@@ -81,7 +81,7 @@ def compare(name: str, backbone, ds, tmp: Path, rounds: int) -> tuple[str, dict]
     cache_bytes = open_cache(tmp / "c.zarr").nbytes_on_disk() / n
     npy_bytes = sum(f.stat().st_size for f in (tmp / "npy").iterdir()) / n
     row = (
-        f"| {name} | {tuple(backbone.grid)} × {backbone.channels} | {fwd:.1f} | {ste:.1f} | {nai:.1f} | "
+        f"| {name} | {tuple(backbone.grid)} × {backbone.channels} | {fwd:.3g} | {ste:.3g} | {nai:.3g} | "
         f"**{ste / fwd:.2f}** | **{ste / nai:.2f}×** | {cache_bytes:,.0f} / {npy_bytes:,.0f} = "
         f"**{cache_bytes / npy_bytes:.3f}** | {median(times['_canary_gflops']):.0f} |"
     )

@@ -18,7 +18,7 @@ import torch
 
 from .errors import StecacheError, VideoError
 from .predict import Predictor
-from .video import frame_indices, preprocess_frames
+from .video import frame_indices, iter_frames, preprocess_frames
 
 
 def video_info(path: str | Path) -> tuple[int, float]:
@@ -46,27 +46,6 @@ def windows(total: int, fps: float, window: float, stride: float) -> list[tuple[
     return [(s, s + length) for s in starts]
 
 
-def _stream(path: Path, needed: set[int], last: int):
-    """Yield (index, uint8 [H, W, 3]) for needed frame indices, decoding the video once, in order."""
-    import av  # the decode loop lives here so long videos are read once; errors become CorruptVideo
-
-    from .errors import CorruptVideo
-    from .video import _open
-
-    container, stream = _open(path)
-    i = -1
-    with container:
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                if i in needed:
-                    yield i, frame.to_ndarray(format="rgb24")
-                if i >= last:
-                    return
-        except av.FFmpegError as e:
-            raise CorruptVideo(f"{path}: decoding failed after {i + 1} frames ({e})") from None
-    raise CorruptVideo(f"{path}: stream ended after {i + 1} frames; frame {last} was needed (truncated?)")
-
-
 def timeline(pred: Predictor, path: str | Path, window: float, stride: float, progress=True) -> dict:
     """Per-window probabilities of a long video: {"fps", "frames", "windows": [{start, end, probs}]}."""
     from tqdm import tqdm
@@ -92,7 +71,7 @@ def timeline(pred: Predictor, path: str | Path, window: float, stride: float, pr
             bar.update(len(pending))
             pending.clear()
 
-    for f, rgb in _stream(Path(path), set(last_use), max(last_use)):
+    for f, rgb in iter_frames(path, list(last_use)):
         frames[f] = preprocess_frames(rgb[None], 1, pred.preprocess)  # [crops, 3, 1, S, S]
         while w < len(spans) and all(i in frames for i in idx[w].reshape(-1).tolist()):
             pending.append((w, _assemble(frames, idx[w])[: pred.num_views]))

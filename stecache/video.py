@@ -10,6 +10,7 @@ PyAV sequentially and stops after the last needed frame. Unusable files raise `M
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from .config import Config, ConfigError
 from .errors import CorruptVideo, EmptyVideo, MissingVideo, NoVideoStream
 
 __all__ = ["Clip", "Dataset", "Sampling", "Preprocess", "sample_frames", "uniform_sample", "frame_indices"]
-__all__ += ["count_frames", "decode_frames", "load_clip", "preprocess_frames", "crop_views", "resized_size"]
+__all__ += ["count_frames", "iter_frames", "decode_frames", "load_clip", "preprocess_frames", "crop_views"]
+__all__ += ["resized_size"]
 __all__ += ["read_annotations", "read_classes", "load_dataset_dir"]
 
 
@@ -184,39 +186,41 @@ class ShortStream(CorruptVideo):
 HEADER_SLACK = 0.1
 
 
-def decode_frames(path: str | Path, indices) -> np.ndarray:
-    """Frames at `indices` (any order, repeats allowed), uint8 RGB [len(indices), H, W, 3].
+def iter_frames(path: str | Path, indices) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (index, uint8 RGB [H, W, 3]) for each distinct index, in order, decoding the stream once.
 
-    Decodes sequentially from the start and stops after the largest index; only needed frames are
-    converted to RGB. A stream that ends before the largest index raises CorruptVideo.
+    Decoding stops after the largest index; only needed frames are converted to RGB. A stream that ends
+    before the largest index raises ShortStream (a CorruptVideo), one with no frames EmptyVideo.
     """
     import av
 
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if indices.size == 0:
-        raise ValueError("decode_frames needs at least one frame index")
-    if indices.min() < 0:
-        raise ValueError(f"negative frame index {indices.min()}")
-    needed = set(indices.tolist())
-    last = int(indices.max())
-    got: dict[int, np.ndarray] = {}
+    needed = set(np.asarray(indices, dtype=np.int64).reshape(-1).tolist())
+    if not needed:
+        raise ValueError("iter_frames needs at least one frame index")
+    if min(needed) < 0:
+        raise ValueError(f"negative frame index {min(needed)}")
+    last = max(needed)
     container, stream = _open(path)
     i = -1
     with container:
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i in needed:
-                    got[i] = frame.to_rgb().to_ndarray()  # as mmaction2 PyAVDecode
+                    yield i, frame.to_rgb().to_ndarray()  # as mmaction2 PyAVDecode
                 if i >= last:
-                    break
+                    return
         except av.FFmpegError as e:
             raise CorruptVideo(f"{path}: decoding failed after {i + 1} frames ({e})") from None
     if i < 0:
         raise EmptyVideo(f"{path}: the video stream decodes to zero frames")
-    if last not in got:
-        raise ShortStream(
-            f"{path}: stream ended after {i + 1} frames; frame {last} was requested (truncated?)", i + 1
-        )
+    msg = f"{path}: stream ended after {i + 1} frames; frame {last} was requested (truncated?)"
+    raise ShortStream(msg, i + 1)
+
+
+def decode_frames(path: str | Path, indices) -> np.ndarray:
+    """Frames at `indices` (any order, repeats allowed), uint8 RGB [len(indices), H, W, 3]."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    got = dict(iter_frames(path, indices))
     return np.stack([got[k] for k in indices.tolist()])
 
 

@@ -15,10 +15,8 @@ from pathlib import Path
 import torch
 
 from stecache.backbones import uniformer, videomae
-from stecache.backbones.base import Backbone
-from stecache.errors import CheckpointMismatch
-
-RANDOM_SEED = 0  # random weights are seeded, so a resumed extraction sees the same random encoder
+from stecache.backbones.base import RANDOM_SEED, Backbone
+from stecache.errors import CheckpointMismatch, StecacheError
 
 BACKBONES = {
     "videomaev2": partial(videomae.build, videomae.BASE, "videomaev2"),
@@ -28,6 +26,10 @@ BACKBONES = {
 }
 
 __all__ = ["BACKBONES", "Backbone", "load"]
+
+
+class UnknownBackbone(StecacheError, ValueError):
+    """A backbone name that is neither in BACKBONES nor image:<dir>."""
 
 
 def load(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu") -> Backbone:
@@ -47,5 +49,5 @@ def load(name: str, checkpoint: str | Path | None = None, device: str | torch.de
             torch.manual_seed(RANDOM_SEED)
             model = BACKBONES[name](None if checkpoint is None else Path(checkpoint).expanduser())
     else:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or image:<dir>")
+        raise UnknownBackbone(f"unknown backbone {name!r}; choose one of {sorted(BACKBONES)} or image:<dir>")
     return model.freeze(device)

@@ -20,6 +20,8 @@ from torch import nn
 
 from stecache.errors import CheckpointMismatch
 
+RANDOM_SEED = 0  # random weights are seeded, so a resumed extraction (or predict) sees the same encoder
+
 log = logging.getLogger("stecache.backbones")
 
 WRAPPERS = ("state_dict", "model_state", "model", "module")  # official / mmengine / slowfast / deepspeed
@@ -102,6 +104,7 @@ class Backbone(nn.Module):
             "name": self.name,
             "config": self.config,
             "weights": self.checkpoint_sha256 or "random",
+            "random_seed": None if self.checkpoint_sha256 else RANDOM_SEED,
             "checkpoint": Path(self.checkpoint).name if self.checkpoint else None,  # name only: movable
             "frames": self.frames,
             "sampling": self.sampling.to_dict(),

@@ -174,7 +174,7 @@ class VideoMAEv2(Backbone):
         x = self.encoder(
             pixel_values=clips.transpose(1, 2)
         ).last_hidden_state  # [B, n*h*w, c], takes [B,T,3,H,W]
-        return x.reshape(len(x), n, h, w, self.channels).permute(0, 1, 4, 2, 3)  # [B, n, c, h, w]
+        return x.reshape(x.shape[0], n, h, w, self.channels).permute(0, 1, 4, 2, 3)  # [B, n, c, h, w]
 
     def _encode(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self._tokens(clips)
