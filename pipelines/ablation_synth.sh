@@ -2,7 +2,8 @@
 # Tables I–III of the paper on the embedded synthetic data with the tiny backbones (what `make ablation` runs).
 #   sh pipelines/ablation_synth.sh                    # synth → extract (2 backbones × 2 datasets) → sweep → report
 #   CACHE="a.zarr b.zarr" sh pipelines/ablation_synth.sh   # the same protocol on your own cache(s)
-# Budget: < 15 min on 2 CPU cores (extraction ~1 min, one-pass sweep ~5–8 min, report seconds).
+# Budget: < 15 min on 2 CPU cores. Measured from scratch (no install): 9.5 min wall on a shared machine
+# (load ~7 on 2 cores; 3.9 min of CPU): synth + 4 extractions ~1.5 min, 51 runs in 15 passes, report.
 # One intra-op thread: the tiny heads' ops are too small to split, and on a busy machine two threads
 # made a step 10x slower (measured); set OMP_NUM_THREADS to override.
 # Table I: meanFC / Tr_head d1 / STE_head d1 on every cache; Tables II and III (meanFC, patch, STEb+meanFC,

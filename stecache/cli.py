@@ -118,7 +118,7 @@ def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
 
 @cli.command()
 @click.argument("caches", nargs=-1, required=True)
-@click.option("--tables", help="Paper presets: I (meanFC/Tr d1/STE d1 on every cache), II, III (first cache).")
+@click.option("--tables", help="Paper presets: I (meanFC/Tr d1/STE d1, every cache), II, III (first cache).")
 @click.option("--heads", help="Head specs for every cache, e.g. meanfc,tr:1,ste:0-4.")
 @click.option("--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Seeds (comma list).")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
@@ -162,14 +162,14 @@ def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, devic
 @click.option("--max-clips", default=256, show_default=True, type=click.IntRange(1),
               help="Clips averaged over (with --correlation).")  # fmt: skip
 def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, split: str, max_clips: int):
-    """Tables I–III (markdown, CSV, PNG) from RESULTS (a results.jsonl), or Fig. 1 heat maps (--correlation)."""
+    """Tables I–III (markdown, CSV, PNG) from RESULTS (a results.jsonl), or Fig. 1 maps (--correlation)."""
     from .report import correlation_maps, write_report
 
     if corr is not None:
         click.echo(correlation_maps(corr, out, split=split, max_clips=max_clips))
         return
     if results is None:
-        raise click.UsageError("give RESULTS (a results.jsonl, e.g. runs/ablation/results.jsonl) or --correlation")
+        raise click.UsageError("give RESULTS (e.g. runs/ablation/results.jsonl) or --correlation RUN")
     md = write_report(results, out, plots=not no_plots)
     click.echo(md.read_text())
     click.echo(f"report: {md}")

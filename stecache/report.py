@@ -34,7 +34,7 @@ TABLE_II_ROWS = (
 )
 TABLE_III_ROWS = tuple((f"depth {d}", [("ste", d)]) for d in range(5))
 # config keys that do not make a different hyperparameter setting
-NOT_HYPERPARAMS = {"seed", "head", "depth", "out", "run", "name", "tag"}
+NOT_HYPERPARAMS = {"seed", "head", "depth", "out", "run", "name", "tag", "ram_limit"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,8 @@ class Cell:
     n: int
 
     def fmt(self) -> str:
-        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+        """The cell in %, e.g. 51.00 ± 1.00; a single seed has no spread to show."""
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}" if self.n > 1 else f"{100 * self.mean:.2f}"
 
 
 # ---- reading results -----------------------------------------------------------------------------------
@@ -151,11 +152,11 @@ class Table:
     note: str = ""
 
     def best(self) -> dict[int, int]:
-        """Per column the row whose mean − std exceeds every other row's mean + std (higher is better)."""
+        """Per column the row whose mean − std exceeds every other row's mean + std (≥ 2 seeds each)."""
         out = {}
         for j in range(len(self.cols)):
             col = [(i, row[j]) for i, row in enumerate(self.cells) if row[j] is not None]
-            if len(col) < 2:
+            if len(col) < 2 or min(c.n for _, c in col) < 2:  # no spread known, no claim
                 continue
             i_best, top = max(col, key=lambda t: t[1].mean)
             if all(top.mean - top.std > c.mean + c.std for i, c in col if i != i_best):

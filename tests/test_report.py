@@ -104,6 +104,9 @@ def test_bold_only_beyond_the_spread():
     t3 = report.tables(recs)[2]
     assert t3.best() == {}
     assert "**" not in t3.markdown()
+    # one seed: no spread, so no bold and no "± 0.00"
+    t3 = report.tables([r for r in _full() if r["seed"] == 0])[2]
+    assert t3.best() == {} and "| depth 1 | 70.00 |" in t3.markdown()
 
 
 def test_selection_on_val_picks_the_setting_then_reports_its_test():

@@ -202,7 +202,7 @@ def test_cli_ablate_and_report(cache_url, tmp_path):
         "ablate",
         cache_url,
         "--heads",
-        "meanfc,ste:0",
+        "meanfc,ste:0,ste:1",
         "--seeds",
         "0,1",
         "--epochs",
