@@ -298,33 +298,81 @@ def _split_files(ctx, param, values: tuple[str, ...]) -> dict[str, Path]:
 
 
 @cli.command()
-@click.option("--backbone", required=True, callback=_backbone_name,
-              help=f"Encoder: {', '.join(BACKBONE_NAMES)}, or image:<dir> (a transformers vision model).")
-@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path),
-              help="Official weights file/dir [default: random weights, for tests and demos].")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Dataset folder as `stecache synth` writes it [default: work/synth, made if missing].")
-@click.option("--annotations", multiple=True, callback=_split_files, metavar="SPLIT=FILE",
-              help="Annotation file of a split (mmaction .txt, TinyVIRAT .json, .csv, class folder); repeat.")
-@click.option("--data-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder the annotation paths are relative to (with --annotations).")
-@click.option("--classes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Class names file (with --annotations) [default: 0..K-1].")
+@click.option(
+    "--backbone",
+    required=True,
+    callback=_backbone_name,
+    help=f"Encoder: {', '.join(BACKBONE_NAMES)}, or image:<dir> (a transformers vision model).",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(exists=True, path_type=Path),
+    help="Official weights file/dir [default: random weights, for tests and demos].",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Dataset folder as `stecache synth` writes it [default: work/synth, made if missing].",
+)
+@click.option(
+    "--annotations",
+    multiple=True,
+    callback=_split_files,
+    metavar="SPLIT=FILE",
+    help="Annotation file of a split (mmaction .txt, TinyVIRAT .json, .csv, class folder); repeat.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder the annotation paths are relative to (with --annotations).",
+)
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Class names file (with --annotations) [default: 0..K-1].",
+)
 @click.option("--cache", "cache_url", help="Output zarr path or URL [default: work/cache-<backbone>.zarr].")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per forward.")
 @click.option("--workers", type=click.IntRange(0), help="Decoding processes [default: min(2, cpus)].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--test-views", is_flag=True, help="Store the backbone's test protocol views (clips x crops).")
-@click.option("--train-views", default=0, show_default=True, type=click.IntRange(0),
-              help="Also store K augmented views per clip (random frames, crop, flip).")
+@click.option(
+    "--train-views",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Also store K augmented views per clip (random frames, crop, flip).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the augmented views.")
-@click.option("--codec", type=click.Choice(CODEC_NAMES), default="none", show_default=True,
-              help="Feature compression of a new cache (fp16 features barely compress; see BENCHMARKS.md).")
+@click.option(
+    "--codec",
+    type=click.Choice(CODEC_NAMES),
+    default="none",
+    show_default=True,
+    help="Feature compression of a new cache (fp16 features barely compress; see BENCHMARKS.md).",
+)
 @click.option("--shard-size", type=click.IntRange(1), help="Clips per shard file [default: ~128 MB shards].")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even if some clips cannot be decoded.")
 @click.option("--device", help="torch device [default: cuda if available, else cpu].")
-def extract(backbone, checkpoint, data, annotations, data_root, classes, cache_url, batch_size, workers,
-            dtype, test_views, train_views, seed, codec, shard_size, allow_failures, device):
+def extract(
+    backbone,
+    checkpoint,
+    data,
+    annotations,
+    data_root,
+    classes,
+    cache_url,
+    batch_size,
+    workers,
+    dtype,
+    test_views,
+    train_views,
+    seed,
+    codec,
+    shard_size,
+    allow_failures,
+    device,
+):
     """Run a frozen encoder once over every clip into a resumable zarr feature cache.
 
     Re-running the same command resumes (done clips are skipped). Under `torchrun --nproc_per_node=K`
@@ -350,17 +398,28 @@ def extract(backbone, checkpoint, data, annotations, data_root, classes, cache_u
                 click.echo(synthesize(data), err=True)
         dataset = load_dataset_dir(data)
     cache_url = cache_url or str(default_cache_path(backbone))
-    cfg = ExtractConfig(batch_size=batch_size, workers=workers, dtype=dtype, test_views=test_views,
-                        train_views=train_views, seed=seed, codec=codec, shard_size=shard_size,
-                        allow_failures=allow_failures, device=device)
+    cfg = ExtractConfig(
+        batch_size=batch_size,
+        workers=workers,
+        dtype=dtype,
+        test_views=test_views,
+        train_views=train_views,
+        seed=seed,
+        codec=codec,
+        shard_size=shard_size,
+        allow_failures=allow_failures,
+        device=device,
+    )
     try:
         s = run_extract(dataset, cache_url, backbone, checkpoint=checkpoint, cfg=cfg)
     finally:
         if "://" not in str(cache_url) and Path(cache_url, "zarr.json").exists():
             remember_cache(cache_url)
-    click.echo(f"{s['cache']}: {s['done']}/{s['clips']} clips done ({s['extracted']} extracted now, "
-               f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s"
-               + (f"; per rank {'+'.join(map(str, s['per_rank']))}" if len(s["per_rank"]) > 1 else ""))
+    click.echo(
+        f"{s['cache']}: {s['done']}/{s['clips']} clips done ({s['extracted']} extracted now, "
+        f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s"
+        + (f"; per rank {'+'.join(map(str, s['per_rank']))}" if len(s["per_rank"]) > 1 else "")
+    )
     for clip_id, err in s["failed"]:
         click.echo(f"  failed {clip_id}: {err}")
 
@@ -389,8 +448,11 @@ def export_h5(cache: str, out: Path):
 @click.argument("cache")
 @click.option("--features", default="features", show_default=True, help="Dataset [N,n,c,h,w] or [N,c].")
 @click.option("--labels", default="labels", show_default=True, help="Dataset [N] class index or [N,K].")
-@click.option("--classes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Class names file, one per line [default: from the file, else 0..K-1].")
+@click.option(
+    "--classes",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Class names file, one per line [default: from the file, else 0..K-1].",
+)
 def import_h5(h5: Path, cache: str, features: str, labels: str, classes: Path | None):
     """Make a cache from an HDF5 feature file (ours or another tool's)."""
     from .cache import import_h5 as run_import
@@ -404,22 +466,34 @@ def import_h5(h5: Path, cache: str, features: str, labels: str, classes: Path | 
 
 _RUN = click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 _CHECKPOINT = click.option(
-    "--checkpoint", type=click.Path(exists=True, path_type=Path),
-    help="Backbone weights the run's cache was extracted with (sha256 checked); not for random weights.")
+    "--checkpoint",
+    type=click.Path(exists=True, path_type=Path),
+    help="Backbone weights the run's cache was extracted with (sha256 checked); not for random weights.",
+)
 
 
 @cli.command()
 @_RUN
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(1), help="Classes per video.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
-@click.option("--window", type=click.FloatRange(0, min_open=True),
-              help="Seconds per window: slide over each (long) video and write a timeline.")
-@click.option("--stride", type=click.FloatRange(0, min_open=True),
-              help="Seconds between window starts [default: window/2].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the timeline CSV/JSON/PNG files [default: RUN/timelines].")
+@click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
+)
+@click.option(
+    "--window",
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds per window: slide over each (long) video and write a timeline.",
+)
+@click.option(
+    "--stride",
+    type=click.FloatRange(0, min_open=True),
+    help="Seconds between window starts [default: window/2].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the timeline CSV/JSON/PNG files [default: RUN/timelines].",
+)
 @_CHECKPOINT
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Videos per batch.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="Decoding processes.")
@@ -476,11 +550,20 @@ def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size
 
 @cli.command()
 @_RUN
-@click.option("--format", "fmt", type=click.Choice(["torchscript", "onnx"]), default="torchscript",
-              show_default=True, help="onnx needs `pip install 'stecache[onnx]'`.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["torchscript", "onnx"]),
+    default="torchscript",
+    show_default=True,
+    help="onnx needs `pip install 'stecache[onnx]'`.",
+)
 @click.option("--head-only", is_flag=True, help="Export the head alone (input: features [B, n, c, h, w]).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Model file [default: RUN/export/model.pt|.onnx]; the JSON of constants goes beside it.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Model file [default: RUN/export/model.pt|.onnx]; the JSON of constants goes beside it.",
+)
 @_CHECKPOINT
 def export(run, fmt, head_only, out, checkpoint):
     """Write RUN's backbone + head as one TorchScript or ONNX model, runnable without stecache."""

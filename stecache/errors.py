@@ -54,7 +54,7 @@ class EmptySplit(StecacheError):
 
 
 class TrainError(StecacheError):
-    """Training cannot start as asked (a class without training examples, a run folder holding another run)."""
+    """Training cannot start as asked (a class without training examples, a run folder of another run)."""
 
 
 class SweepError(StecacheError):

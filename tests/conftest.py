@@ -1,4 +1,4 @@
-"""Shared fixtures: a cheap FakeBackbone with the real Backbone's attributes, and a small synthetic dataset."""
+"""Shared fixtures: a cheap FakeBackbone with the real Backbone's attributes, a small synthetic dataset."""
 
 from __future__ import annotations
 
