@@ -126,15 +126,31 @@ class SplitData:
         if self.in_ram:
             return self.features[pos]
         rows = self.rows[pos]
-        read = (lambda r: self.cache.read(r)[:, None]) if self.views == 1 else self.cache.read_views
+        if self.views == 1:
+            read = lambda r: self.cache.read(r)[:, None]
+        else:
+            read = lambda r: self.cache.read_views(r)[:, : self.views]
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         if hi - lo <= 2 * len(rows):  # one sequential read of the span beats row-by-row selection
             return read(slice(lo, hi))[rows - lo]
         return read(rows)
 
 
-def load_split(cache, split: str, views: bool = False, limit: int | str | None = None) -> SplitData:
-    """Split `split` of `cache` (all views if `views`), in RAM if it fits under `limit`, else streamed."""
+def view_count(cache, views: str) -> int:
+    """Views per clip served: "first" = the main view, "test" = the test protocol's clips x crops (not the
+    augmented train views stored after them), "all" = every stored view."""
+    if views == "first":
+        return 1
+    if views == "test":
+        test = (cache.attrs.get("views") or {}).get("test")
+        return int(np.prod(test)) if test else cache.num_views
+    if views == "all":
+        return cache.num_views
+    raise ValueError(f"views must be 'first', 'test' or 'all', got {views!r}")
+
+
+def load_split(cache, split: str, views: str = "first", limit: int | str | None = None) -> SplitData:
+    """Split `split` of `cache`, `views` as in view_count; in RAM if it fits under `limit`, else streamed."""
     rows = np.asarray(cache.rows(split), dtype=np.int64)
     if len(rows) == 0:
         counts = {s: int((cache.split == s).sum()) for s in sorted(set(cache.split.tolist()))}
@@ -142,7 +158,7 @@ def load_split(cache, split: str, views: bool = False, limit: int | str | None =
             f"cache {cache.url} has no extracted clips in split {split!r} (clips per split: {counts})"
         )
     labels = np.asarray(cache.labels())[rows]
-    V = cache.num_views if views else 1
+    V = view_count(cache, views)
     nbytes = len(rows) * V * int(np.prod(cache.feature_shape)) * np.dtype(cache.dtype).itemsize
     budget = ram_limit(limit)
     data = SplitData(cache, split, rows, labels, V, None, cache.shard_size)

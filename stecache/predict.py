@@ -174,7 +174,7 @@ def load_predictor(
     if (clips, crops) != (sampling.num_clips, preprocess.num_crops):
         raise RunError(f"{run}: cache views {views} disagree with its sampling/preprocess attributes")
     cfg = TrainConfig.from_dict(rec["config"])
-    num_views = clips * crops if cfg.test_views == "all" else 1
+    num_views = clips * crops if cfg.test_views == "test" else 1
     metrics = Path(run) / "metrics.json"
     threshold = 0.5
     if metrics.is_file():

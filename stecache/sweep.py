@@ -327,9 +327,9 @@ def run_sweep(
             by_key.setdefault((data_key(c), start), []).append(c)
         for (_, start), cfgs in by_key.items():
             c0 = cfgs[0]
-            train_split = _split(splits, cache, "train", c0.train_views == "random", c0.ram_limit)
+            train_split = _split(splits, cache, "train", c0.train_views, c0.ram_limit)
             T._check_classes(cache, train_split)
-            val_split = _split(splits, cache, "val", c0.test_views == "all", c0.ram_limit)
+            val_split = _split(splits, cache, "val", c0.test_views, c0.ram_limit)
             held = sum(s.features.nbytes for s in splits.values() if s.in_ram)
             free = cap - held if torch.device(device).type == "cpu" else cap  # features share the RAM
             sizes = [estimate_bytes(c, cache.feature_shape, len(cache.class_names)) for c in cfgs]
@@ -352,7 +352,7 @@ def run_sweep(
     return results
 
 
-def _split(splits: dict, cache, name: str, views: bool, limit) -> D.SplitData:
+def _split(splits: dict, cache, name: str, views: str, limit) -> D.SplitData:
     """Split `name` of the cache, loaded on first use and kept in `splits`."""
     if (name, views, limit) not in splits:
         splits[(name, views, limit)] = D.load_split(cache, name, views=views, limit=limit)

@@ -46,12 +46,12 @@ class TrainConfig(Config):
     seed: int = 0
     balanced: bool = True  # class-balanced weighted sampler (data.sample_weights)
     tune_threshold: bool = True  # multi-label: also report test at the val-tuned global threshold
-    train_views: str = "random"  # "random": one random stored view per clip per epoch; "first"
-    test_views: str = "all"  # "all": average probabilities over stored views (mmaction2 'prob'); "first"
+    train_views: str = "all"  # "all": one random stored view (test or augmented) per clip per epoch; "first"
+    test_views: str = "test"  # "test": average probabilities over the test views (mmaction2 'prob'); "first"
     ram_limit: str | None = None  # bytes (K/M/G suffix) a split may take in RAM; None: data.ram_limit()
 
     def __post_init__(self):
-        for key, ok in (("train_views", ("random", "first")), ("test_views", ("all", "first"))):
+        for key, ok in (("train_views", ("all", "first")), ("test_views", ("test", "first"))):
             if getattr(self, key) not in ok:
                 raise TrainError(f"{key} must be one of {', '.join(ok)}, not {getattr(self, key)!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -181,9 +181,9 @@ def train(
     cfg = cfg.replace(depth=head.depth)
     multi = bool(cache.multi_label)
     limit = cfg.ram_limit
-    train_split = D.load_split(cache, "train", views=cfg.train_views == "random", limit=limit)
+    train_split = D.load_split(cache, "train", views=cfg.train_views, limit=limit)
     _check_classes(cache, train_split)
-    val_split = D.load_split(cache, "val", views=cfg.test_views == "all", limit=limit)
+    val_split = D.load_split(cache, "val", views=cfg.test_views, limit=limit)
     if world > 1 and cfg.batch_size % world:
         raise TrainError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
 
@@ -322,7 +322,7 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         metrics["threshold"] = threshold
         metrics["val_tuned"] = M.evaluate_probs(val_probs, val_split.targets(multi), multi, threshold)
     try:
-        test_split = D.load_split(cache, "test", views=cfg.test_views == "all", limit=cfg.ram_limit)
+        test_split = D.load_split(cache, "test", views=cfg.test_views, limit=cfg.ram_limit)
     except D.EmptySplit:
         test_split = None
         log.warning("cache %s has no test split: reporting val only", cache.url)
@@ -381,7 +381,7 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
     multi = bool(c.multi_label)
     head = make_head(cfg, c)
     head.load_state_dict(load_file(str(run_dir / "best.safetensors")))
-    data = D.load_split(c, split, views=cfg.test_views == "all", limit=cfg.ram_limit)
+    data = D.load_split(c, split, views=cfg.test_views, limit=cfg.ram_limit)
     probs = predict(head, data, multi)
     out = {"run": str(run_dir), "split": split, "clips": len(data), "class_names": c.class_names,
            "metrics": M.evaluate_probs(probs, data.targets(multi), multi)}  # fmt: skip

@@ -30,8 +30,8 @@ def test_ram_limit_parsing(monkeypatch):
 
 def test_ram_and_streaming_serve_the_same_rows(toy, caplog):
     caplog.set_level(logging.INFO, logger="stecache.data")
-    ram = D.load_split(toy, "train", views=True)
-    stream = D.load_split(toy, "train", views=True, limit=1000)
+    ram = D.load_split(toy, "train", views="all")
+    stream = D.load_split(toy, "train", views="all", limit=1000)
     assert ram.in_ram and not stream.in_ram
     assert "loaded into RAM" in caplog.text and "streaming, 1 shard(s) of 8 rows" in caplog.text
     want = toy.read_views(ram.rows)  # [M, 3, n, c, h, w]
@@ -129,3 +129,14 @@ def test_prefetch_reraises():
     with pytest.raises(ValueError, match="boom"):
         next(it)
     assert list(D.prefetch(iter(range(5)))) == list(range(5))
+
+
+def test_test_views_leave_out_augmented_train_views(toy, monkeypatch):
+    """Evaluation averages the test protocol's views only, never the augmented views stored after them."""
+    monkeypatch.setitem(toy.attrs, "views", {"count": 3, "test": [1, 1], "train": 2})
+    assert [D.view_count(toy, v) for v in ("first", "test", "all")] == [1, 1, 3]
+    monkeypatch.setitem(toy.attrs, "views", {"count": 3, "test": [2, 1], "train": 1})
+    for limit in (None, 1000):  # in RAM and streamed
+        split = D.load_split(toy, "val", views="test", limit=limit)
+        assert split.views == 2
+        np.testing.assert_array_equal(split.read(np.arange(4)), toy.read_views(split.rows[:4])[:, :2])
