@@ -237,6 +237,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
     n, h, w = backbone.grid
     feature_shape = (n, backbone.channels, h, w)
     provenance = {
+        "dataset": Path(dataset.root).resolve().name,  # the data folder's name, for report tables
         "backbone": backbone.provenance(),
         "sampling": views.sampling.to_dict(),
         "preprocess": views.preprocess.to_dict(),
