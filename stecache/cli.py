@@ -50,11 +50,12 @@ def cli():
 @click.option("--clips", "n_clips", default=300, show_default=True, type=click.IntRange(min=1),
               help="Number of clips in all splits.")  # fmt: skip
 @click.option("--multi-label", is_flag=True, help="Clips may carry several labels (TinyVIRAT-like).")
-def synth(out: Path, seed: int, n_clips: int, multi_label: bool):
+@click.option("--force", is_flag=True, help="Replace the dataset files of a non-empty OUT.")
+def synth(out: Path, seed: int, n_clips: int, multi_label: bool, force: bool):
     """Write the embedded synthetic action dataset (H.264 mp4 + annotation lists) to OUT."""
     from .synth import synthesize
 
-    summary = synthesize(out, n_clips=n_clips, seed=seed, multi_label=multi_label)
+    summary = synthesize(out, n_clips=n_clips, seed=seed, multi_label=multi_label, force=force)
     click.echo(summary)
 
 

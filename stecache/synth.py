@@ -11,9 +11,12 @@ non-square) and length (8-64 frames); classes are imbalanced. Run: `stecache syn
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+
+from .errors import StecacheError
 
 CLASSES = ("others", "flash", "appear", "vanish", "left_to_right", "right_to_left", "local")
 WEIGHTS = (0.28, 0.08, 0.13, 0.13, 0.11, 0.11, 0.16)  # long-tailed like the paper's datasets
@@ -158,13 +161,35 @@ def _assign_splits(primary: list[int]) -> list[str]:
     return splits
 
 
-def synthesize(out: str | Path, n_clips: int = 300, seed: int = 0, multi_label: bool = False) -> str:
-    """Write the synthetic dataset to `out` (see module docstring); returns a one-line summary."""
+def synthesize(
+    out: str | Path, n_clips: int = 300, seed: int = 0, multi_label: bool = False, force: bool = False
+) -> str:
+    """Write the synthetic dataset to `out` (see module docstring); returns a one-line summary.
+
+    A folder that already holds this very dataset is left as it is; any other non-empty folder is refused
+    unless `force`, which replaces the dataset's files (never anything else in the folder).
+    """
     from tqdm import tqdm
 
     if n_clips < 1:
         raise ValueError(f"n_clips must be >= 1, got {n_clips}")
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            old = json.loads((out / "dataset.json").read_text())
+        except (OSError, ValueError):
+            old = {}
+        same = {k: old.get(k) for k in ("name", "seed", "n_clips", "multi_label")}
+        if same == {"name": "stecache-synth", "seed": seed, "n_clips": n_clips, "multi_label": multi_label}:
+            return f"{out} already holds this synthetic dataset (seed {seed}, {n_clips} clips); left as it is"
+        if not force:
+            raise StecacheError(
+                f"{out} is not empty and does not hold this synthetic dataset; "
+                "choose an empty folder or pass --force to replace the dataset files"
+            )
+        for name in ("videos", *(f"{s}.txt" for s in SPLITS), "classes.txt", "clips.jsonl", "dataset.json"):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     label_sets = _draw_labels(n_clips, multi_label, rng)

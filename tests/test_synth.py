@@ -167,3 +167,21 @@ def test_classes_are_learnable_through_a_crude_encoder(tmp_path):
         opt.step()
     acc = (probe(x[~train]).argmax(1) == y[~train]).float().mean().item()
     assert acc > 3 / len(CLASSES), acc
+
+
+def test_synth_keeps_its_own_dataset_and_refuses_other_folders(tmp_path):
+    from stecache.errors import StecacheError
+
+    out = tmp_path / "ds"
+    synthesize(out, n_clips=6, seed=0)
+    before = (out / "train.txt").read_text(), sorted(p.name for p in (out / "videos").iterdir())
+    assert "left as it is" in synthesize(out, n_clips=6, seed=0)
+    with pytest.raises(StecacheError, match="--force"):
+        synthesize(out, n_clips=4, seed=0)
+    assert ((out / "train.txt").read_text(), sorted(p.name for p in (out / "videos").iterdir())) == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("important")
+    with pytest.raises(StecacheError, match="not empty"):
+        synthesize(tmp_path / "mine", n_clips=4)
+    synthesize(out, n_clips=4, seed=0, force=True)  # replaced, no stale clips left
+    assert len(list((out / "videos").iterdir())) == 4
