@@ -366,7 +366,28 @@ def build_head(name: str, feature_shape, num_classes: int, depth: int | None = N
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise HeadConfigError(f"head {name!r} has no option {unknown}; options: {', '.join(sorted(allowed))}")
-    return cls(shape, num_classes, depth, **options)
+    params = inspect.signature(STEHead if cls is PatchHead else cls).parameters
+    for key, value in options.items():
+        _check_option(name, key, value, params[key].default)
+    try:
+        return cls(shape, num_classes, depth, **options)
+    except (TypeError, ValueError) as e:  # a value of the right type that the module still rejects
+        raise HeadConfigError(f"head {name!r}: bad option value in {options} ({e})") from None
+
+
+def _check_option(head: str, key: str, value, default) -> None:
+    """Reject a head option whose type differs from its default's, or a rate outside [0, 1)."""
+    bad = f"head {head!r} option {key}={value!r}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise HeadConfigError(f"{bad}: must be true or false")
+    elif isinstance(default, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HeadConfigError(f"{bad}: must be a number")
+        if "drop" in key and not 0 <= value < 1:
+            raise HeadConfigError(f"{bad}: a rate must be in [0, 1)")
+        if "drop" not in key and value <= 0:
+            raise HeadConfigError(f"{bad}: must be > 0")
 
 
 def describe(feature_shape=(8, 768, 14, 14), num_classes: int = 26, depths=range(5)) -> list[dict]:

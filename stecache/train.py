@@ -54,8 +54,19 @@ class TrainConfig(Config):
         for key, ok in (("train_views", ("all", "first")), ("test_views", ("test", "first"))):
             if getattr(self, key) not in ok:
                 raise TrainError(f"{key} must be one of {', '.join(ok)}, not {getattr(self, key)!r}")
+        for key in ("epochs", "batch_size", "warmup_epochs", "seed"):
+            if not isinstance(getattr(self, key), int) or isinstance(getattr(self, key), bool):
+                raise TrainError(f"{key} must be an integer, not {getattr(self, key)!r}")
+        for key in ("lr", "weight_decay"):
+            if not isinstance(getattr(self, key), (int, float)) or isinstance(getattr(self, key), bool):
+                raise TrainError(f"{key} must be a number, not {getattr(self, key)!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise TrainError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be ≥ 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise TrainError(
+                f"lr ({self.lr}) must be > 0, weight_decay ({self.weight_decay}) and "
+                f"warmup_epochs ({self.warmup_epochs}) ≥ 0"
+            )
 
     @property
     def scaled_lr(self) -> float:

@@ -340,3 +340,20 @@ def test_fused_equals_plain_when_fewer_frames_than_taps():
     fast.load_state_dict(plain.state_dict())
     x = feats(2, shape)
     assert close(fast.blocks_output(x), plain.blocks_output(x)) and close(fast(x), plain(x))
+
+
+@pytest.mark.parametrize(
+    "name,options,match",
+    [
+        ("ste", {"patch": "foo"}, "bad option value"),
+        ("ste", {"patch": (3, 3)}, "bad option value|tile|patch"),
+        ("stemean", {"dropout": "abc"}, "must be a number"),
+        ("ste", {"drop_path": -1}, r"\[0, 1\)"),
+        ("ste", {"fused": "maybe"}, "true or false"),
+        ("ste", {"mlp_ratio": 0}, "> 0"),
+    ],
+)
+def test_bad_option_values_are_one_line_errors(name, options, match):
+    with pytest.raises(HeadConfigError, match=match) as info:
+        build_head(name, (4, 8, 4, 4), 3, 1, **options)
+    assert "\n" not in str(info.value)

@@ -278,3 +278,9 @@ def test_ddp_two_processes_match_one(toy, tmp_path):
     l1, l2 = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert [e["loss"] for e in l1] == pytest.approx([e["loss"] for e in l2], rel=1e-4)
     assert one["val"]["acc1"] == pytest.approx(two["val"]["acc1"], abs=0.026)  # at most one clip of 40
+
+
+@pytest.mark.parametrize("bad", [{"lr": -1.0}, {"lr": "abc"}, {"weight_decay": -5.0}, {"epochs": 2.5}])
+def test_bad_train_settings_are_refused_before_loading(bad):
+    with pytest.raises(TrainError):
+        T.TrainConfig(head="meanfc", **bad)
