@@ -171,6 +171,8 @@ def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, s
         return
     if results is None:
         raise click.UsageError("give RESULTS (e.g. runs/ablation/results.jsonl) or --correlation RUN")
+    if results.is_dir():  # a runs folder: its results.jsonl
+        results = results / "results.jsonl"
     md = write_report(results, out, plots=not no_plots)
     click.echo(md.read_text())
     click.echo(f"report: {md}")

@@ -362,9 +362,26 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
     }  # fmt: skip
     if "test_tuned" in metrics:
         record["test_tuned"] = _summary(metrics["test_tuned"])
-    with open(out.parent / "results.jsonl", "a") as f:
-        f.write(json.dumps(_finite(record), default=str) + "\n")
+    results = out.parent / "results.jsonl"
+    if not _recorded(results, record):  # re-running a finished run adds no second line
+        with open(results, "a") as f:
+            f.write(json.dumps(_finite(record), default=str) + "\n")
     return metrics | {"run_dir": str(out)}
+
+
+def _recorded(results: Path, record: dict) -> bool:
+    """Whether results.jsonl already holds this run (same folder, config and cache fingerprint)."""
+    if not results.exists():
+        return False
+    key = ("run_dir", "config", "cache_fingerprint")
+    for line in results.read_text().splitlines():
+        try:
+            old = json.loads(line)
+        except ValueError:
+            continue
+        if all(old.get(k) == record[k] for k in key):
+            return True
+    return False
 
 
 # ---- evaluation of a finished run --------------------------------------------------------------------

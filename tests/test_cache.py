@@ -269,3 +269,11 @@ def test_half_created_cache_is_recreated(tmp_path):
         open_cache(tmp_path / "c.zarr")
     again = _make(tmp_path / "c.zarr")
     assert again.fingerprint == c.fingerprint and not again.done.any()
+
+
+def test_import_of_a_non_hdf5_file_is_a_one_line_error(tmp_path):
+    from stecache.errors import StecacheError
+
+    (tmp_path / "notes.txt").write_text("not hdf5")
+    with pytest.raises(StecacheError, match="notes.txt: not a readable HDF5 file"):
+        import_h5(tmp_path / "notes.txt", tmp_path / "c.zarr")

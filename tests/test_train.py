@@ -284,3 +284,11 @@ def test_ddp_two_processes_match_one(toy, tmp_path):
 def test_bad_train_settings_are_refused_before_loading(bad):
     with pytest.raises(TrainError):
         T.TrainConfig(head="meanfc", **bad)
+
+
+def test_rerunning_a_finished_run_records_it_once(toy, tmp_path):
+    cfg = T.TrainConfig(head="meanfc", **FAST)
+    first = T.train(cfg, toy, runs_root=tmp_path, progress=False)
+    again = T.train(cfg, toy, runs_root=tmp_path, progress=False)
+    assert again["test"] == first["test"]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1

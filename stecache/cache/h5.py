@@ -66,7 +66,11 @@ def import_h5(
 
     from . import DEFAULT_CODEC, Row, create_cache
 
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise StecacheError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
         for key in (features, labels):
             if key not in f:
                 raise StecacheError(
