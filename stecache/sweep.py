@@ -311,10 +311,11 @@ def run_sweep(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cap = D.ram_limit(memory) if memory is not None else default_memory(device)
     done = finished_runs(out)
+    caches = {url: open_cache(url) for url in dict.fromkeys(j.cache for j in jobs)}
+    failures = {url: D.check_complete(c) for url, c in caches.items()}  # every cache checked before any run
     results = []
-    for url in dict.fromkeys(j.cache for j in jobs):
-        cache = open_cache(url)
-        failed = D.check_complete(cache)
+    for url, cache in caches.items():
+        failed = failures[url]
         mine = [j.cfg for j in jobs if j.cache == url]
         todo = [c for c in mine if T.run_name(c, cache) not in done]
         echo(f"{url}: {len(mine)} runs, {len(mine) - len(todo)} already in {out / 'results.jsonl'}")
