@@ -217,7 +217,7 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 
 @cli.command("train-head")
 @click.option("--head", type=click.Choice(HEAD_NAMES), default="ste", show_default=True, help="Head type.")
-@click.option("--depth", type=int, default=None, help="Blocks in the head [default: the head's smallest].")
+@click.option("--depth", type=int, default=None, help="Blocks in the head [default: 1 for tr/ste/stemean, 0 for meanfc/patch].")
 @click.option("--cache", "cache", help="Feature cache [default: the one `stecache extract` made last].")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -565,7 +565,8 @@ def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Model file [default: RUN/export/model.pt|.onnx]; the JSON of constants goes beside it.",
+    help="Model file [default: RUN/export/model.pt|.onnx, head.pt|.onnx with --head-only]; "
+    "the JSON of constants goes beside it.",
 )
 @_CHECKPOINT
 def export(run, fmt, head_only, out, checkpoint):
