@@ -217,7 +217,8 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 
 @cli.command("train-head")
 @click.option("--head", type=click.Choice(HEAD_NAMES), default="ste", show_default=True, help="Head type.")
-@click.option("--depth", type=int, default=None, help="Blocks in the head [default: 1 for tr/ste/stemean, 0 for meanfc/patch].")
+@click.option("--depth", type=int, default=None,
+              help="Blocks in the head [default: 1 for tr/ste/stemean, 0 for meanfc/patch].")  # fmt: skip
 @click.option("--cache", "cache", help="Feature cache [default: the one `stecache extract` made last].")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
 @click.option("--seed", type=int, default=0, show_default=True)
