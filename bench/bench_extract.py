@@ -25,7 +25,7 @@ import torch
 from bench.bench_cache import small_encoder, synth_data
 from bench.common import interleave, machine_line, median, write_section
 
-N_CLIPS = 24
+N_CLIPS = 64  # enough that worker start-up does not dominate the end-to-end time
 BASE_NOTE = {
     False: "ViT-B (2.3 s/clip here) is left out of the default run to keep it short (`main(base_clips=4)`).",
     True: "ViT-B (random weights: speed does not depend on them) ran on fewer clips, 2 rounds.",

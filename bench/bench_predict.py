@@ -142,8 +142,7 @@ def main() -> None:
             "forward of preprocessed clips; `files` rows run `predict_files` on 16 synthetic mp4s (decode, "
             "sampling, crop, forward). A test-view protocol multiplies the forward cost by its views "
             "(VideoMAEv2: 5 clips × 3 crops = 15). ONNX of Base is not timed (export takes minutes here). "
-            "`(per clip)`: the model's code fixes the batch size when traced (VideoMAEv2 reshapes with "
-            "`len(x)`), so the exported model runs clip by clip, which costs batching.",
+            "A variant marked `(per clip)` was traced with a fixed batch size and runs clip by clip.",
         ]
     )
     write_section("Predict: eager vs exported", body)
