@@ -351,6 +351,11 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                 writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"])
                 buf = {}
             bar.update(1)
+    except KeyboardInterrupt:  # Ctrl-C: also keep the clips of the unfinished shard already computed
+        if buf:
+            feats = buf["feats"]
+            writer.put(a, feats[:, 0], feats[:, 1:] if views.count > 1 else None, buf["ok"], buf["errors"])
+        raise
     finally:  # also on Ctrl-C or errors: shards already complete are still stored
         bar.close()
         writer.close()
