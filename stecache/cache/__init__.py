@@ -253,12 +253,22 @@ class Cache:
             f" stecache {self.attrs['stecache_version']}, created {self.attrs['created']})",
         ]
         skip = {"class_names", "fingerprint", "created", "format_version", "stecache_version"}
-        lines += [f"{k:<13} {canonical_json(self.attrs[k])}" for k in sorted(set(self.attrs) - skip)]
+        for k in sorted(set(self.attrs) - skip):
+            v = self.attrs[k]
+            if isinstance(v, dict) and v:  # one line per field: the backbone's provenance is long
+                lines.append(k)
+                lines += [f"  {sub:<22} {canonical_json(x)}" for sub, x in sorted(v.items())]
+            else:
+                lines.append(f"{k:<13} {canonical_json(v)}")
         lines.append(f"{'done':<13} {int(done.sum())}/{len(self)}  failed {n_failed}")
         lines.append(f"{'on disk':<13} " + ("n/a (remote store)" if size is None else f"{size:,} bytes"))
         splits = sorted(set(self.split.tolist()))
         lines.append(
-            f"{'per split':<13} " + "  ".join(f"{s}: {int((self.split == s).sum())}" for s in splits)
+            f"{'per split':<13} "
+            + "  ".join(
+                f"{s}: {int((self.split == s).sum())} ({int(done[self.split == s].sum())} done)"
+                for s in splits
+            )
         )
         lines.append(f"{'class':<24}" + "".join(f"{s:>8}" for s in splits))
         for k, name in enumerate(self.class_names):
