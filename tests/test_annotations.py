@@ -204,7 +204,7 @@ def hyp_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("hypothesis")
 
 
-def _parse_all(root: Path, data: bytes) -> None:
+def _check_only_annotation_errors(root: Path, data: bytes) -> None:
     for fmt, name in [("mmaction", "a.txt"), ("tinyvirat", "a.json"), ("csv", "a.csv")]:
         f = root / name
         f.write_bytes(data)
@@ -219,19 +219,19 @@ def _parse_all(root: Path, data: bytes) -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200).map(lambda s: s.encode("utf-8", "replace"))))
 def test_parsers_raise_only_annotation_error_on_arbitrary_bytes(hyp_dir, data):
-    _parse_all(hyp_dir, data)
+    _check_only_annotation_errors(hyp_dir, data)
 
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(TOKENS, max_size=40).map("".join))
 def test_parsers_raise_only_annotation_error_on_token_soup(hyp_dir, text):
-    _parse_all(hyp_dir, text.encode())
+    _check_only_annotation_errors(hyp_dir, text.encode())
 
 
 @settings(max_examples=150, deadline=None)
 @given(JSONISH | st.lists(JSONISH, max_size=5))
 def test_parsers_raise_only_annotation_error_on_arbitrary_json(hyp_dir, value):
-    _parse_all(hyp_dir, json.dumps(value).encode())
+    _check_only_annotation_errors(hyp_dir, json.dumps(value).encode())
 
 
 @settings(max_examples=100, deadline=None)
