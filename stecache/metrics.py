@@ -148,8 +148,8 @@ def format_table(result: dict, class_names=None) -> str:
     return "\n".join(lines)
 
 
-def plot_metrics(m: dict, class_names, multi: bool, path) -> None:
-    """Per-class F1 bars (multi-label) or the confusion matrix (single-label) as a PNG."""
+def plot_metrics(m: dict, class_names, multi: bool, path, split: str = "test") -> None:
+    """Per-class F1 bars (multi-label) or the confusion matrix (single-label) of `split` as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,16 +161,17 @@ def plot_metrics(m: dict, class_names, multi: bool, path) -> None:
         ax.bar(range(K), m["per_class"]["f1"])
         ax.set_ylabel("F1")
         ax.set_ylim(0, 1)
-        ax.set_title(f"per-class F1 at threshold {m['threshold']:.2f} (macro {m['macro_f1']:.3f})")
+        ax.set_title(f"{split}: per-class F1 at threshold {m['threshold']:.2f} (macro {m['macro_f1']:.3f})")
     else:
         cm = np.asarray(m["confusion"])
         ax.imshow(cm, cmap="Blues")
-        for (i, j), v in np.ndenumerate(cm):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        for (i, j), v in np.ndenumerate(cm):  # white on the dark cells, black on the light ones
+            color = "white" if v > cm.max() / 2 else "black"
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color=color)
         ax.set_ylabel("true")
         ax.set_xlabel("predicted")
         ax.set_yticks(range(K), class_names)
-        ax.set_title(f"confusion (Acc@1 {m['acc1']:.3f})")
+        ax.set_title(f"{split}: confusion (Acc@1 {m['acc1']:.3f})")
     ax.set_xticks(range(K), class_names, rotation=90)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -349,6 +349,7 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         cache.class_names,
         multi,
         out / ("per_class_f1.png" if multi else "confusion.png"),
+        split="test" if "test" in metrics else "val",
     )
     prov = cache.attrs.get("backbone", {})
     record = {
