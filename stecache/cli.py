@@ -8,6 +8,7 @@ Every command has a Python equivalent in the module it calls.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -20,6 +21,7 @@ class Group(click.Group):
     """A click group that turns library errors into one-line messages."""
 
     def invoke(self, ctx):
+        warnings.showwarning = _one_line_warning
         try:
             return super().invoke(ctx)
         except StecacheError as e:
@@ -27,6 +29,11 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; re-run the same command to resume", err=True)
             sys.exit(130)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. random backbone weights) as one line on stderr, without the source line."""
+    click.echo(f"stecache: warning: {message}", err=True)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

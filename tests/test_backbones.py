@@ -532,10 +532,9 @@ def test_unreadable_and_absent_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["videomaev2-tiny", "uniformerv2-tiny"])
-def test_random_weights_are_loud_seeded_and_recorded(name, caplog):
+def test_random_weights_are_loud_seeded_and_recorded(name):
     with pytest.warns(UserWarning, match="RANDOM weights"):
         a = load(name)
-    assert "RANDOM weights" in caplog.text
     b = load(name)
     x = clips_for({"frames": a.frames, "size": a.size})
     assert torch.equal(a(x), b(x))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,7 +21,6 @@ from stecache.errors import CheckpointMismatch
 
 RANDOM_SEED = 0  # random weights are seeded, so a resumed extraction (or predict) sees the same encoder
 
-log = logging.getLogger("stecache.backbones")
 
 WRAPPERS = ("state_dict", "model_state", "model", "module")  # official / mmengine / slowfast / deepspeed
 PREFIXES = ("module.", "_orig_mod.", "backbone.", "encoder.")
@@ -121,10 +119,9 @@ class Backbone(nn.Module):
 
 
 def warn_random(name: str) -> None:
-    """Say loudly (warning + stderr) that a backbone has random weights."""
-    msg = f"stecache: backbone {name!r} has RANDOM weights (no checkpoint given): features are meaningless"
+    """Say loudly that weights are random: a UserWarning (stderr by default; one line in the CLI)."""
+    msg = f"backbone {name!r} has RANDOM weights (no checkpoint given): features are meaningless"
     warnings.warn(msg, stacklevel=3)
-    log.warning(msg)  # with no logging configured, Python's last-resort handler prints this to stderr
 
 
 def sha256_file(path: Path) -> str:
