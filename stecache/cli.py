@@ -228,7 +228,8 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
               help="Blocks in the head [default: 1 for tr/ste/stemean, 0 for meanfc/patch].")  # fmt: skip
 @click.option("--cache", "cache", help="Feature cache [default: the one `stecache extract` made last].")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the head's init and dropout.")
+@click.option("--data-seed", type=int, help="Seed of the batch order [default: --seed].")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Global batch.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Base lr per 256 clips (scaled).")
 @click.option("--warmup-epochs", type=click.IntRange(0), default=5, show_default=True,
@@ -245,8 +246,8 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
               help="Runs root (holds results.jsonl).")  # fmt: skip
 @click.option("--resume/--no-resume", default=None,
               help="Resume the run's checkpoint [default: if its config matches] / start over.")  # fmt: skip
-def train_head(head, depth, cache, epochs, seed, batch_size, lr, warmup_epochs, weight_decay, no_balance,
-               options, ram_limit, out, name, runs, resume):  # fmt: skip
+def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warmup_epochs, weight_decay,
+               no_balance, options, ram_limit, out, name, runs, resume):  # fmt: skip
     """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
     import logging
 
@@ -256,8 +257,8 @@ def train_head(head, depth, cache, epochs, seed, batch_size, lr, warmup_epochs, 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # RAM or streaming, epochs, resume
 
     cfg = TrainConfig(head=head, depth=depth, head_options=options, epochs=epochs, seed=seed,
-                      batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, weight_decay=weight_decay,
-                      balanced=not no_balance, ram_limit=ram_limit)  # fmt: skip
+                      data_seed=data_seed, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+                      weight_decay=weight_decay, balanced=not no_balance, ram_limit=ram_limit)  # fmt: skip
     out = out or (runs / name if name else None)
     metrics = train(cfg, cache or _default_cache(), out, runs_root=runs, resume=resume)
     if metrics:  # rank 0 only

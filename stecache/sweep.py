@@ -109,7 +109,8 @@ def plan(
 
 def data_key(cfg: T.TrainConfig) -> str:
     """The fields that fix the batch stream; jobs with equal keys on one cache can share one loader."""
-    return T.fingerprint({k: v for k, v in cfg.to_dict().items() if k not in HEAD_FIELDS})
+    key = {k: v for k, v in cfg.to_dict().items() if k not in HEAD_FIELDS | {"seed", "data_seed"}}
+    return T.fingerprint(key | {"batch_seed": cfg.batch_seed})  # seeds share a pass when data_seed is set
 
 
 # ---- memory --------------------------------------------------------------------------------------------
@@ -249,9 +250,9 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
     key = M.main_metric(multi)
     for epoch in range(runs[0].start, cfg.epochs):
         t0, wait = time.perf_counter(), 0.0
-        order = D.epoch_rows(len(train_split), cfg.seed, epoch, weights)
-        views = D.epoch_views(len(train_split), train_split.views, cfg.seed, epoch)
-        it = D.prefetch(D.batches(train_split, order, cfg.batch_size, views, cfg.seed + epoch))
+        order = D.epoch_rows(len(train_split), cfg.batch_seed, epoch, weights)
+        views = D.epoch_views(len(train_split), train_split.views, cfg.batch_seed, epoch)
+        it = D.prefetch(D.batches(train_split, order, cfg.batch_size, views, cfg.batch_seed + epoch))
         for r in runs:
             r.head.train()
             r.loss_sum.zero_()
@@ -337,7 +338,7 @@ def run_sweep(
             groups = group_by_memory(sizes, free)
             mib = [(sum(sizes[i][0] for i in g) + max(sizes[i][1] for i in g)) / 2**20 for g in groups]
             echo(
-                f"  data key seed={c0.seed} batch={c0.batch_size} epochs={c0.epochs}"
+                f"  data key seed={c0.batch_seed} batch={c0.batch_size} epochs={c0.epochs}"
                 f"{f' from epoch {start + 1}' if start else ''}: {len(cfgs)} heads in {len(groups)} pass(es)"
                 f" under {free / 2**20:.0f} MiB: "
                 + "; ".join(f"{len(g)} heads ~{m:.1f} MiB" for g, m in zip(groups, mib, strict=True))

@@ -44,6 +44,7 @@ class TrainConfig(Config):
     batch_size: int = 32  # global batch (all ranks together)
     weight_decay: float = 0.05
     seed: int = 0
+    data_seed: int | None = None  # seed of the batch order and views; None: `seed` (fix it to share a pass)
     balanced: bool = True  # class-balanced weighted sampler (data.sample_weights)
     tune_threshold: bool = True  # multi-label: also report test at the val-tuned global threshold
     train_views: str = "all"  # "all": one random stored view (test or augmented) per clip per epoch; "first"
@@ -57,6 +58,10 @@ class TrainConfig(Config):
         for key in ("epochs", "batch_size", "warmup_epochs", "seed"):
             if not isinstance(getattr(self, key), int) or isinstance(getattr(self, key), bool):
                 raise TrainError(f"{key} must be an integer, not {getattr(self, key)!r}")
+        if self.data_seed is not None and (
+            not isinstance(self.data_seed, int) or isinstance(self.data_seed, bool)
+        ):
+            raise TrainError(f"data_seed must be an integer or None, not {self.data_seed!r}")
         for key in ("lr", "weight_decay"):
             if not isinstance(getattr(self, key), (int, float)) or isinstance(getattr(self, key), bool):
                 raise TrainError(f"{key} must be a number, not {getattr(self, key)!r}")
@@ -67,6 +72,11 @@ class TrainConfig(Config):
                 f"lr ({self.lr}) must be > 0, weight_decay ({self.weight_decay}) and "
                 f"warmup_epochs ({self.warmup_epochs}) ≥ 0"
             )
+
+    @property
+    def batch_seed(self) -> int:
+        """Seed of the batch order and view draws."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def scaled_lr(self) -> float:
@@ -236,9 +246,9 @@ def train(
 
     for epoch in range(start, cfg.epochs):
         t0, wait, loss_sum = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)
-        order = D.epoch_rows(len(train_split), cfg.seed, epoch, weights)
-        views = D.epoch_views(len(train_split), train_split.views, cfg.seed, epoch)
-        it = D.prefetch(D.batches(train_split, order, cfg.batch_size, views, cfg.seed + epoch))
+        order = D.epoch_rows(len(train_split), cfg.batch_seed, epoch, weights)
+        views = D.epoch_views(len(train_split), train_split.views, cfg.batch_seed, epoch)
+        it = D.prefetch(D.batches(train_split, order, cfg.batch_size, views, cfg.batch_seed + epoch))
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress and rank == 0 else True)  # fmt: skip
         head.train()

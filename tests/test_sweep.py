@@ -222,3 +222,18 @@ def test_cli_ablate_and_report(cache_url, tmp_path):
     assert bad.exit_code == 1 and "known tables are I, II, III" in bad.output
     bad = CliRunner().invoke(cli, ["report", str(tmp_path / "nope.jsonl")])
     assert bad.exit_code == 1 and "no such results file" in bad.output
+
+
+def test_seeds_share_one_pass_with_a_fixed_data_seed(cache_url, tmp_path):
+    """With data_seed fixed, the seeds differ only in head init/dropout and train in one pass."""
+    jobs = sweep.plan([cache_url], heads="meanfc,ste:1", seeds=[0, 1], base=BASE | {"data_seed": 7})
+    lines: list[str] = []
+    sweep.run_sweep(jobs, tmp_path / "sweep", progress=False, echo=lines.append)
+    assert sum("heads in 1 pass(es)" in s for s in lines) == 1 and any("4 heads" in s for s in lines)
+    for j in jobs:
+        T.train(j.cfg, cache_url, runs_root=tmp_path / "alone", progress=False)
+    a, b = _records(tmp_path / "sweep"), _records(tmp_path / "alone")
+    assert a.keys() == b.keys() and len(a) == 4
+    for run in a:
+        assert a[run]["test"] == pytest.approx(b[run]["test"], abs=1e-6), run
+    assert len({a[run]["val"]["acc1"] for run in a} | {_losses(tmp_path / "sweep" / r)[0] for r in a}) > 2
