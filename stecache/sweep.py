@@ -271,7 +271,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
             val = M.evaluate_probs(p, val_split.targets(multi), multi)
             lr = T.lr_at(r.cfg, epoch * steps + steps - 1, steps)
             entry = {"epoch": epoch + 1, "loss": float(r.loss_sum[0] / r.loss_sum[1]), "lr": lr,
-                     "val": T._summary(val), "seconds": seconds, "train_seconds": train_seconds,
+                     "val": M.summary(val), "seconds": seconds, "train_seconds": train_seconds,
                      "data_wait_seconds": wait / len(runs),
                      "heads_in_pass": len(runs)}  # fmt: skip
             if val[key] > r.best:

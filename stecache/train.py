@@ -134,9 +134,6 @@ def predict(head, split: D.SplitData, multi_label: bool, batch_size: int = 64, d
     return out
 
 
-_summary = M.summary  # (sweep.py uses this name)
-
-
 def _finite(obj):
     """NaN (an undefined metric, e.g. AP of a class without positives) → None, for strict JSON."""
     if isinstance(obj, float) and math.isnan(obj):
@@ -278,7 +275,7 @@ def train(
             val = M.evaluate_probs(
                 predict(head, val_split, multi, device=device), val_split.targets(multi), multi
             )
-            entry |= {"val": _summary(val)}
+            entry |= {"val": M.summary(val)}
             if val[key] > best:
                 best, best_epoch = val[key], epoch + 1
                 _save(head.state_dict(), out / "best.safetensors")
@@ -369,10 +366,10 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         "dataset": cache.attrs.get("dataset"),
         "multi_label": multi, "best_epoch": best_epoch, "params": sum(p.numel() for p in head.parameters()),
         "seconds": sum(h.get("seconds", 0.0) for h in history),
-        "val": _summary(val), "test": _summary(metrics.get("test", {})),
+        "val": M.summary(val), "test": M.summary(metrics.get("test", {})),
     }  # fmt: skip
     if "test_tuned" in metrics:
-        record["test_tuned"] = _summary(metrics["test_tuned"])
+        record["test_tuned"] = M.summary(metrics["test_tuned"])
     results = out.parent / "results.jsonl"
     if not _recorded(results, record):  # re-running a finished run adds no second line
         with open(results, "a") as f:
