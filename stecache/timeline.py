@@ -46,6 +46,9 @@ def windows(total: int, fps: float, window: float, stride: float) -> list[tuple[
     return [(s, s + length) for s in starts]
 
 
+MARK = {"s": 14, "c": "w", "edgecolors": "k", "linewidths": 0.6}  # white with a dark edge: visible anywhere
+
+
 def timeline(pred: Predictor, path: str | Path, window: float, stride: float, progress=True) -> dict:
     """Per-window probabilities of a long video: {"fps", "frames", "windows": [{start, end, probs}]}."""
     from tqdm import tqdm
@@ -167,9 +170,9 @@ def _plot(rec: dict, path: Path) -> None:
     )  # fmt: skip
     if rec["multi_label"]:
         xs, ys = np.nonzero(probs >= rec["threshold"])
-        ax.scatter(centres[xs], ys, marker="s", s=14, c="w", label=f"score >= {rec['threshold']:.2f}")
+        ax.scatter(centres[xs], ys, label=f"score >= {rec['threshold']:.2f}", marker="s", **MARK)
     else:
-        ax.scatter(centres, probs.argmax(1), marker="o", s=14, c="w", label="top class")
+        ax.scatter(centres, probs.argmax(1), label="top class", marker="o", **MARK)
     ax.set_yticks(range(k), names)
     ax.set_xlabel("time (s), window centre")
     ax.set_title(f"{Path(rec['path']).name}: {rec['window']} s windows every {rec['stride']} s", loc="left")
