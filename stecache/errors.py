@@ -67,3 +67,7 @@ class ResultsError(StecacheError):
 
 class ExtractionFailed(StecacheError):
     """Some clips could not be extracted (recorded in the cache); the message summarises them."""
+
+
+class RunError(StecacheError):
+    """A run folder that cannot be used (not a trained run, unreadable config)."""

@@ -47,7 +47,7 @@ def example_input(pred: Predictor, head_only: bool, batch: int = 2) -> torch.Ten
 
 
 def _feature_shape(pred: Predictor) -> tuple[int, int, int, int]:
-    from .predict import read_run
+    from .train import read_run
 
     return tuple(read_run(pred.run)["cache_attrs"]["feature_shape"])
 
@@ -59,7 +59,7 @@ def model_of(pred: Predictor, head_only: bool) -> nn.Module:
 
 def constants(pred: Predictor, fmt: str, file: str, head_only: bool) -> dict:
     """Everything needed to feed and read the model without stecache, JSON-able."""
-    from .predict import read_run
+    from .train import read_run
 
     attrs = read_run(pred.run)["cache_attrs"]
     clips, crops = pred.sampling.num_clips, pred.preprocess.num_crops

@@ -22,14 +22,11 @@ import torch
 from torch import nn
 
 from .config import canonical_json
-from .errors import CacheMismatch, CheckpointMismatch, StecacheError, VideoError
+from .errors import CacheMismatch, CheckpointMismatch, RunError, StecacheError, VideoError
+from .train import load_head, read_run
 from .video import Preprocess, Sampling, load_clip
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".mts", ".ts")
-
-
-class RunError(StecacheError):
-    """A run folder that cannot be used for prediction (missing files, unknown layout)."""
 
 
 @dataclass
@@ -80,40 +77,6 @@ class Predictor:
 
 
 # ---- rebuilding a run ------------------------------------------------------------------------------------
-
-
-def read_run(run: str | Path) -> dict:
-    """A run folder's config.json record, with `cache_attrs` (read from the cache if not stored)."""
-    run = Path(run)
-    cfg_file, weights = run / "config.json", run / "best.safetensors"
-    if not cfg_file.is_file() or not weights.is_file():
-        raise RunError(f"{run}: not a trained run (needs config.json and best.safetensors from train-head)")
-    try:
-        rec = json.loads(cfg_file.read_text())
-        rec["config"], rec["cache"]  # noqa: B018 - the keys every run has
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise RunError(f"{cfg_file}: not a run config ({type(e).__name__}: {e})") from None
-    if not rec.get("cache_attrs"):
-        from .cache import open_cache
-
-        rec["cache_attrs"] = open_cache(rec["cache"]["url"]).attrs
-    return rec
-
-
-def load_head(run: str | Path, rec: dict | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """The run's best head, eval mode, on `device`."""
-    from safetensors.torch import load_file
-
-    from .heads import build_head
-    from .train import TrainConfig
-
-    rec = rec or read_run(run)
-    cfg, attrs = TrainConfig.from_dict(rec["config"]), rec["cache_attrs"]
-    head = build_head(
-        cfg.head, tuple(attrs["feature_shape"]), len(attrs["class_names"]), cfg.depth, **cfg.head_options
-    )
-    head.load_state_dict(load_file(str(Path(run) / "best.safetensors")))
-    return head.requires_grad_(False).eval().to(device)
 
 
 def load_backbone(prov: dict, checkpoint: str | Path | None = None, device="cpu") -> nn.Module:

@@ -383,16 +383,10 @@ def correlation_maps(target: str | Path, out: str | Path, split: str = "val", ma
     target = Path(target)
     head, name = None, target.name.removesuffix(".zarr")
     if (target / "config.json").exists():  # a run folder
-        from safetensors.torch import load_file
-
-        rec = json.loads((target / "config.json").read_text())
+        rec = T.read_run(target)
         cfg = T.TrainConfig.from_dict(rec["config"])
         cache = open_cache(rec["cache"]["url"])
-        head = T.make_head(cfg, cache).eval()
-        weights = target / "best.safetensors"
-        if not weights.exists():
-            raise ResultsError(f"{target}: run has no best.safetensors yet (train it first)")
-        head.load_state_dict(load_file(str(weights)))
+        head = T.load_head(target, rec)
         label = f"after {cfg.head} d{cfg.depth} blocks"
     else:
         cache = open_cache(str(target))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from . import data as D
 from . import metrics as M
 from .config import Config, fingerprint
-from .errors import TrainError
+from .errors import RunError, TrainError
 
 log = logging.getLogger(__name__)
 
@@ -395,16 +395,44 @@ def _recorded(results: Path, record: dict) -> bool:
 # ---- evaluation of a finished run --------------------------------------------------------------------
 
 
+def read_run(run: str | Path) -> dict:
+    """A run folder's config.json record, with `cache_attrs` (read from the cache if not stored)."""
+    run = Path(run)
+    cfg_file, weights = run / "config.json", run / "best.safetensors"
+    if not cfg_file.is_file() or not weights.is_file():
+        raise RunError(f"{run}: not a trained run (needs config.json and best.safetensors from train-head)")
+    try:
+        rec = json.loads(cfg_file.read_text())
+        rec["config"], rec["cache"]  # noqa: B018 - the keys every run has
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RunError(f"{cfg_file}: not a run config ({type(e).__name__}: {e})") from None
+    if not rec.get("cache_attrs"):
+        from .cache import open_cache
+
+        rec["cache_attrs"] = open_cache(rec["cache"]["url"]).attrs
+    return rec
+
+
+def load_head(run: str | Path, rec: dict | None = None, device: str | torch.device = "cpu"):
+    """The run's best head (built from its cache attributes), eval mode, frozen, on `device`."""
+    from .heads import build_head
+
+    rec = rec or read_run(run)
+    cfg, attrs = TrainConfig.from_dict(rec["config"]), rec["cache_attrs"]
+    head = build_head(
+        cfg.head, tuple(attrs["feature_shape"]), len(attrs["class_names"]), cfg.depth, **cfg.head_options
+    )
+    head.load_state_dict(load_file(str(Path(run) / "best.safetensors")))
+    return head.requires_grad_(False).eval().to(device)
+
+
 def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None) -> dict:
     """Metrics of run `run_dir`'s best head on `split` of its cache (or of `cache`, same fingerprint)."""
     from .cache import attrs_diff, open_cache
     from .errors import CacheMismatch
 
     run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.json"
-    if not cfg_file.exists() or not (run_dir / "best.safetensors").exists():
-        raise TrainError(f"{run_dir} is not a trained run (needs config.json and best.safetensors)")
-    rec = json.loads(cfg_file.read_text())
+    rec = read_run(run_dir)
     cfg = TrainConfig.from_dict(rec["config"])
     c = open_cache(cache or rec["cache"]["url"])
     if c.fingerprint != rec["cache"]["fingerprint"]:
@@ -414,9 +442,8 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
             f"cache {c.url} (fingerprint {c.fingerprint}) is not the one run {run_dir} was trained on "
             f"({rec['cache']['fingerprint']}); differing attributes: {', '.join(diff) or 'unknown'}"
         )
+    head = load_head(run_dir, rec)
     multi = bool(c.multi_label)
-    head = make_head(cfg, c)
-    head.load_state_dict(load_file(str(run_dir / "best.safetensors")))
     data = D.load_split(c, split, views=cfg.test_views, limit=cfg.ram_limit)
     probs = predict(head, data, multi)
     out = {"run": str(run_dir), "split": split, "clips": len(data), "class_names": c.class_names,
