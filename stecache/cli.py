@@ -523,39 +523,31 @@ def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size
 
     from . import predict as P
     from . import timeline as TL
-    from .errors import VideoError
 
     if (stride or out) and not window:
         raise click.UsageError("--stride and --out need --window")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pred = P.load_predictor(run, checkpoint, device)
     paths = P.expand_inputs(list(videos))
-    failed = []
     if window:
-        out = out or Path(run) / "timelines"
-        stride = stride or window / 2
         results = []
-        for path in paths:
-            try:
-                tl = TL.timeline(pred, path, window, stride)
-            except VideoError as e:
-                failed.append(path)
-                click.echo(f"skipped {path}: {type(e).__name__}: {e}", err=True)
+        for r in TL.timeline_files(pred, paths, window, stride or window / 2, out or Path(run) / "timelines"):
+            results.append(r)
+            if r["error"]:
+                click.echo(f"skipped {r['path']}: {r['error']}", err=True)
                 continue
-            results.append(TL.timeline_record(tl, pred.class_names, pred.multi_label, pred.threshold))
-            files = TL.write_timeline(results[-1], out)
             if fmt == "table":
-                click.echo(TL.format_segments(results[-1]))
-            click.echo(f"  wrote {', '.join(map(str, files))}", err=fmt != "table")
+                click.echo(TL.format_segments(r["record"]))
+            click.echo(f"  wrote {', '.join(map(str, r['files']))}", err=fmt != "table")
+        records = [r["record"] for r in results if r["record"]]
         if fmt == "json":
-            click.echo(json.dumps(results, indent=2))
+            click.echo(json.dumps(records, indent=2))
         elif fmt == "csv":
-            tables = [TL.timeline_csv(r).split("\n", 1) for r in results]  # one header line
-            click.echo("\n".join([tables[0][0], *(t[1] for t in tables if len(t) > 1)]) if tables else "")
+            click.echo(TL.timelines_csv(records))
     else:
         results = P.predict_files(pred, paths, batch_size, workers)
-        failed = [r for r in results if r["error"]]
         click.echo(P.format_rows(P.rows(pred, results, top_k), fmt, pred.multi_label, pred.threshold))
+    failed = [r for r in results if r["error"]]
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(paths)} video(s) failed and were skipped (above)")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,29 @@ def format_segments(rec: dict) -> str:
     for a, b, top, scores in runs:
         lines.append(f"  {a:8.2f} - {b:8.2f} s  {top:<20} {100 * np.mean(scores):6.2f}%")
     return "\n".join(lines)
+
+
+def timeline_files(
+    pred: Predictor, paths, window: float, stride: float, out_dir: str | Path
+) -> Iterator[dict]:
+    """Per video, as it finishes: {"path", "record" (a timeline_record) or None, "files" written, "error"}.
+
+    A video that cannot be decoded gets its error and no record; the others still run.
+    """
+    for path in paths:
+        try:
+            tl = timeline(pred, path, window, stride)
+        except VideoError as e:
+            yield {"path": str(path), "record": None, "files": [], "error": f"{type(e).__name__}: {e}"}
+            continue
+        rec = timeline_record(tl, pred.class_names, pred.multi_label, pred.threshold)
+        yield {"path": str(path), "record": rec, "files": write_timeline(rec, out_dir), "error": None}
+
+
+def timelines_csv(records: list[dict]) -> str:
+    """Several timeline records as one CSV (one header line)."""
+    tables = [timeline_csv(r).split("\n", 1) for r in records]
+    return "\n".join([tables[0][0], *(t[1] for t in tables if len(t) > 1)]) if tables else ""
 
 
 def write_timeline(rec: dict, out_dir: str | Path) -> list[Path]:

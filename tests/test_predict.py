@@ -353,3 +353,14 @@ def test_export_ste_head_with_fused_blocks(tmp_path, fmt):
             eager = eager[: len(x)]
         torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(head(x), eager)  # the eager head is left as it was
+
+
+def test_timeline_files_skip_a_bad_video_and_keep_the_rest(pred, long_video, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    results = list(TL.timeline_files(pred, [bad, long_video[0]], 1.0, 0.5, tmp_path / "out"))
+    assert results[0]["record"] is None and "CorruptVideo" in results[0]["error"]
+    assert results[1]["error"] is None and len(results[1]["record"]["windows"]) == 11
+    assert all(f.exists() for f in results[1]["files"])
+    csv_text = TL.timelines_csv([results[1]["record"], results[1]["record"]])
+    assert csv_text.count("path,start,end") == 1 and len(csv_text.splitlines()) == 1 + 2 * 11
