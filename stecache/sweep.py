@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import data as D
@@ -201,12 +200,7 @@ class HeadRun:
 def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadRun:
     """Build head + AdamW exactly as train.train does; resume from out/last.pt when it is this run's."""
     head = T.make_head(cfg, cache).to(device)
-    params = [p for p in head.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
-         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
-        lr=cfg.scaled_lr,
-    )  # fmt: skip
+    opt = T.make_optimizer(head, cfg)
     cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
     run = HeadRun(cfg, out, head, opt, torch.get_rng_state(), cuda)
     identity = {"config": cfg.to_dict(), "cache": {"url": str(cache.url), "fingerprint": cache.fingerprint}}
@@ -223,21 +217,6 @@ def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadR
     return run
 
 
-@torch.no_grad()
-def predict_many(heads: list, split: D.SplitData, multi: bool, batch_size: int = 64, device="cpu") -> list:
-    """`train.predict` for several heads in one pass over the split: probabilities [M, K] per head."""
-    for h in heads:
-        h.eval()
-    outs: list[list] = [[] for _ in heads]
-    for _, x in D.batches(split, np.arange(len(split)), batch_size):  # x: [b, V, n, c, h, w]
-        x = D.to_tensor(x, device)
-        for h, out in zip(heads, outs, strict=True):
-            logits = torch.stack([h(x[:, v]) for v in range(x.shape[1])], 1)  # [b, V, K]
-            probs = torch.sigmoid(logits) if multi else logits.softmax(-1)
-            out.append(probs.mean(1).cpu().numpy())
-    return [np.concatenate(o).astype(np.float64) for o in outs]
-
-
 def train_group(runs: list[HeadRun], cache, train_split, val_split, device, progress: bool = True) -> None:
     """Train heads sharing one data key side by side: one loader per epoch, every batch to every head."""
     from tqdm import tqdm
@@ -250,9 +229,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
     key = M.main_metric(multi)
     for epoch in range(runs[0].start, cfg.epochs):
         t0, wait = time.perf_counter(), 0.0
-        order = D.epoch_rows(len(train_split), cfg.batch_seed, epoch, weights)
-        views = D.epoch_views(len(train_split), train_split.views, cfg.batch_seed, epoch)
-        it = D.prefetch(D.batches(train_split, order, cfg.batch_size, views, cfg.batch_seed + epoch))
+        it = T.epoch_batches(train_split, cfg, epoch, weights)
         for r in runs:
             r.head.train()
             r.loss_sum.zero_()
@@ -265,7 +242,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
             for r in runs:
                 r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi)
         train_seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
-        probs = predict_many([r.head for r in runs], val_split, multi, device=device)
+        probs = T.predict_many([r.head for r in runs], val_split, multi, device=device)
         seconds = (time.perf_counter() - t0) / len(runs)
         for r, p in zip(runs, probs, strict=True):
             val = M.evaluate_probs(p, val_split.targets(multi), multi)
@@ -278,16 +255,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
                 r.best, r.best_epoch = val[key], epoch + 1
                 T._save(r.head.state_dict(), r.out / "best.safetensors")
             r.history.append(entry)
-            _checkpoint(r, epoch)
-
-
-def _checkpoint(r: HeadRun, epoch: int) -> None:
-    """last.safetensors, last.pt and log.jsonl exactly as train.train writes them after an epoch."""
-    T._save(r.head.state_dict(), r.out / "last.safetensors")
-    ckpt = dict(head=r.head.state_dict(), optimizer=r.opt.state_dict(), rng=r.rng, epoch=epoch + 1,
-                best=r.best, best_epoch=r.best_epoch, history=r.history)  # fmt: skip
-    T._save(ckpt, r.out / "last.pt")
-    T._save("".join(json.dumps(h) + "\n" for h in r.history), r.out / "log.jsonl")
+            T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history)
 
 
 # ---- the sweep -----------------------------------------------------------------------------------------

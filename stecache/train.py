@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,16 +123,50 @@ def loss_fn(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.T
 
 
 @torch.no_grad()
-def predict(head, split: D.SplitData, multi_label: bool, batch_size: int = 64, device="cpu") -> np.ndarray:
-    """Probabilities [M, K] (sigmoid or softmax), averaged over the split's stored views."""
-    head.eval()
-    out = np.zeros((len(split), len(split.labels[0])))
+def predict_many(heads: list, split: D.SplitData, multi_label: bool, batch_size=64, device="cpu") -> list:
+    """Probabilities [M, K] per head (sigmoid or softmax), averaged over the split's served views (mmaction2
+    'prob'), all heads in one pass over the split."""
+    for h in heads:
+        h.eval()
+    outs = [np.zeros((len(split), len(split.labels[0]))) for _ in heads]
     for pos, x in D.prefetch(D.batches(split, np.arange(len(split)), batch_size)):  # x: [b, V, n, c, h, w]
         x = D.to_tensor(x, device)
-        logits = torch.stack([head(x[:, v]) for v in range(x.shape[1])], 1)  # [b, V, K]
-        probs = torch.sigmoid(logits) if multi_label else logits.softmax(-1)
-        out[pos] = probs.mean(1).cpu().numpy()
-    return out
+        for h, out in zip(heads, outs, strict=True):
+            logits = torch.stack([h(x[:, v]) for v in range(x.shape[1])], 1)  # [b, V, K]
+            probs = torch.sigmoid(logits) if multi_label else logits.softmax(-1)
+            out[pos] = probs.mean(1).cpu().numpy()
+    return outs
+
+
+def predict(head, split: D.SplitData, multi_label: bool, batch_size: int = 64, device="cpu") -> np.ndarray:
+    """Probabilities [M, K] of one head, averaged over the split's served views (mmaction2 'prob')."""
+    return predict_many([head], split, multi_label, batch_size, device)[0]
+
+
+def make_optimizer(head, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW at the scaled lr; no weight decay on biases and norms."""
+    params = [p for p in head.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
+         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}],
+        lr=cfg.scaled_lr,
+    )  # fmt: skip
+
+
+def epoch_batches(split: D.SplitData, cfg: TrainConfig, epoch: int, weights) -> Iterator:
+    """This epoch's (positions, features [b, 1, n, c, h, w]) batches, prepared in a background thread."""
+    order = D.epoch_rows(len(split), cfg.batch_seed, epoch, weights)
+    views = D.epoch_views(len(split), split.views, cfg.batch_seed, epoch)
+    return D.prefetch(D.batches(split, order, cfg.batch_size, views, cfg.batch_seed + epoch))
+
+
+def save_epoch(out: Path, head, opt, rng, epoch: int, best: float, best_epoch: int, history: list) -> None:
+    """What a run folder holds after each epoch: last weights, the resume checkpoint, the log."""
+    _save(head.state_dict(), out / "last.safetensors")
+    ckpt = dict(head=head.state_dict(), optimizer=opt.state_dict(), rng=rng, epoch=epoch + 1, best=best,
+                best_epoch=best_epoch, history=history)  # fmt: skip
+    _save(ckpt, out / "last.pt")
+    _save("".join(json.dumps(h) + "\n" for h in history), out / "log.jsonl")
 
 
 def _finite(obj):
@@ -219,13 +254,7 @@ def train(
     targets = torch.from_numpy(train_split.targets(multi))
     weights = D.sample_weights(train_split.labels) if cfg.balanced else None
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
-    params = [p for p in head.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]  # no weight decay on biases, norms
-    rest = [p for p in params if p.ndim <= 1]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=cfg.scaled_lr,
-    )
+    opt = make_optimizer(head, cfg)
     history, best, best_epoch, start = [], -math.inf, -1, 0
     if state is not None:
         head.load_state_dict(state["head"])
@@ -243,9 +272,7 @@ def train(
 
     for epoch in range(start, cfg.epochs):
         t0, wait, loss_sum = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)
-        order = D.epoch_rows(len(train_split), cfg.batch_seed, epoch, weights)
-        views = D.epoch_views(len(train_split), train_split.views, cfg.batch_seed, epoch)
-        it = D.prefetch(D.batches(train_split, order, cfg.batch_size, views, cfg.batch_seed + epoch))
+        it = epoch_batches(train_split, cfg, epoch, weights)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress and rank == 0 else True)  # fmt: skip
         head.train()
@@ -285,11 +312,7 @@ def train(
                 "data_wait_seconds": wait,
             }
             history.append(entry)
-            _save(head.state_dict(), out / "last.safetensors")
-            ckpt = dict(head=head.state_dict(), optimizer=opt.state_dict(), rng=torch.get_rng_state(),
-                        epoch=epoch + 1, best=best, best_epoch=best_epoch, history=history)  # fmt: skip
-            _save(ckpt, out / "last.pt")
-            _save("".join(json.dumps(h) + "\n" for h in history), out / "log.jsonl")
+            save_epoch(out, head, opt, torch.get_rng_state(), epoch, best, best_epoch, history)
             log.info("epoch %d: loss %.4f val %s %.4f", epoch + 1, entry["loss"], key, val[key])
     if rank != 0:
         torch.distributed.barrier()

@@ -109,22 +109,22 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(cache_url, tmp_path,
     sweep.run_sweep(jobs, tmp_path / "ref", progress=False, echo=lambda s: None)
     out = tmp_path / "killed"
     calls = {"n": 0}
-    real_checkpoint, real_make = sweep._checkpoint, sweep.make_run
+    real_checkpoint, real_make = T.save_epoch, sweep.make_run
 
-    def dying_checkpoint(r, epoch):  # killed in the 2nd pass (one head per pass), after its first epoch
-        real_checkpoint(r, epoch)
+    def dying_checkpoint(*args):  # killed in the 2nd pass (one head per pass), after its first epoch
+        real_checkpoint(*args)
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweep, "_checkpoint", dying_checkpoint)
+    monkeypatch.setattr(T, "save_epoch", dying_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(jobs, out, memory="1K", progress=False, echo=lambda s: None)
     first = _records(out)
     assert len(first) == 1
     done_run = next(iter(first))
     stamp = (out / done_run / "metrics.json").stat().st_mtime_ns
-    monkeypatch.setattr(sweep, "_checkpoint", real_checkpoint)
+    monkeypatch.setattr(T, "save_epoch", real_checkpoint)
     built = []
     monkeypatch.setattr(sweep, "make_run", lambda cfg, *a: built.append(cfg) or real_make(cfg, *a))
     lines = []
