@@ -203,17 +203,10 @@ def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadR
     opt = T.make_optimizer(head, cfg)
     cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
     run = HeadRun(cfg, out, head, opt, torch.get_rng_state(), cuda)
-    identity = {"config": cfg.to_dict(), "cache": {"url": str(cache.url), "fingerprint": cache.fingerprint}}
-    state = T._resume_state(out, identity, None)
-    out.mkdir(parents=True, exist_ok=True)
-    record = identity | {"cache_attrs": cache.attrs, "failed_clips": failed, "world_size": 1}
-    T._save(json.dumps(record, indent=2, default=str) + "\n", out / "config.json")
+    state = T._resume_state(out, {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint}, None)
+    T.write_run_config(out, cfg, cache, failed)
     if state is not None:
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        run.rng = state["rng"]
-        run.history, run.best, run.best_epoch, run.start = (
-            state["history"], state["best"], state["best_epoch"], state["epoch"])  # fmt: skip
+        run.rng, run.history, run.best, run.best_epoch, run.start = T.restore(state, head, opt)
     return run
 
 

@@ -244,12 +244,7 @@ def train(
     identity = {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint}  # what resume must match
     state = _resume_state(out, identity, resume)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        url = cache.url if "://" in cache.url else str(Path(cache.url).resolve())  # evaluate from anywhere
-        cache_ref = {"url": url, "fingerprint": cache.fingerprint}
-        record = identity | {"cache": cache_ref, "cache_attrs": cache.attrs, "failed_clips": failed,
-                             "world_size": world}  # fmt: skip
-        _save(json.dumps(record, indent=2, default=str) + "\n", out / "config.json")
+        write_run_config(out, cfg, cache, failed, world)
 
     targets = torch.from_numpy(train_split.targets(multi))
     weights = D.sample_weights(train_split.labels) if cfg.balanced else None
@@ -257,15 +252,8 @@ def train(
     opt = make_optimizer(head, cfg)
     history, best, best_epoch, start = [], -math.inf, -1, 0
     if state is not None:
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        history, best, best_epoch, start = (
-            state["history"],
-            state["best"],
-            state["best_epoch"],
-            state["epoch"],
-        )
+        rng, history, best, best_epoch, start = restore(state, head, opt)
+        torch.set_rng_state(rng)
         log.info("resuming %s after epoch %d of %d", out, start, cfg.epochs)
     model = torch.nn.parallel.DistributedDataParallel(head) if world > 1 else head
     key = M.main_metric(multi)
@@ -327,6 +315,23 @@ def _identity(record: dict) -> tuple:
     """(config, cache fingerprint) of a run record: what a resumed run must share with the folder's."""
     fp = record.get("cache_fingerprint") or (record.get("cache") or {}).get("fingerprint")
     return record.get("config"), fp
+
+
+def write_run_config(out: Path, cfg: TrainConfig, cache, failed: int, world: int = 1) -> None:
+    """A run's config.json: its config, the cache (absolute path, fingerprint, attributes), failed clips."""
+    out.mkdir(parents=True, exist_ok=True)
+    url = cache.url if "://" in cache.url else str(Path(cache.url).resolve())  # evaluate from anywhere
+    record = {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint,
+              "cache": {"url": url, "fingerprint": cache.fingerprint}, "cache_attrs": cache.attrs,
+              "failed_clips": failed, "world_size": world}  # fmt: skip
+    _save(json.dumps(record, indent=2, default=str) + "\n", out / "config.json")
+
+
+def restore(state: dict, head, opt) -> tuple:
+    """Load a resume checkpoint into head and optimiser; (rng state, history, best, best_epoch, epoch)."""
+    head.load_state_dict(state["head"])
+    opt.load_state_dict(state["optimizer"])
+    return state["rng"], state["history"], state["best"], state["best_epoch"], state["epoch"]
 
 
 def _resume_state(out: Path, identity: dict, resume: bool | None) -> dict | None:
