@@ -106,22 +106,27 @@ def _int_list(ctx, param, value: str) -> list[int]:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of ints, e.g. 0,1,2") from None
 
 
-def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
+def _key_values(item: str, example: str) -> tuple[str, str]:
+    """Split a KEY=VALUE flag value, or say what the flag expects."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{item!r} is not KEY=VALUE, e.g. {example}")
+    return key, raw
+
+
+def _value(raw: str):
+    """A flag value as JSON (numbers, lists, true/false) when it parses, else the plain string."""
     import json
 
-    grid = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=V1,V2,..., e.g. --set lr=1e-3,3e-3")
-        vals = []
-        for v in raw.split(","):
-            try:
-                vals.append(json.loads(v))
-            except json.JSONDecodeError:
-                vals.append(v)
-        grid[key.replace("-", "_")] = vals
-    return grid
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
+    pairs = [_key_values(item, "--set lr=1e-3,3e-3") for item in values]
+    return {key.replace("-", "_"): [_value(v) for v in raw.split(",")] for key, raw in pairs}
 
 
 @cli.command()
@@ -191,14 +196,10 @@ HEAD_NAMES = ("meanfc", "patch", "ste", "stemean", "tr")  # = sorted(heads.HEADS
 
 
 def _default_cache() -> str:
-    """The cache `stecache extract` made last (extract.last_cache() or work/last_cache)."""
-    try:
-        from .extract import last_cache  # type: ignore[attr-defined]
+    """The cache `stecache extract` made last in this working directory."""
+    from .extract import last_cache
 
-        found = last_cache()
-    except ImportError:
-        marker = Path("work/last_cache")
-        found = marker.read_text().strip() if marker.exists() else None
+    found = last_cache()
     if not found:
         raise click.UsageError(
             "no --cache given and no cache made yet; make one with `stecache synth work/synth` then "
@@ -208,18 +209,7 @@ def _default_cache() -> str:
 
 
 def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
-    import json
-
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{item!r} is not KEY=VALUE, e.g. --option patch=[2,2,2]")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+    return {key: _value(raw) for key, raw in (_key_values(v, "--option patch=[2,2,2]") for v in values)}
 
 
 @cli.command("train-head")
