@@ -71,3 +71,7 @@ class ExtractionFailed(StecacheError):
 
 class RunError(StecacheError):
     """A run folder that cannot be used (not a trained run, unreadable config)."""
+
+
+class PathOutsideRoot(StecacheError):
+    """A clip whose real path (symlinks resolved) leaves its data root, or that is no local file: refused."""

@@ -37,8 +37,10 @@ def test_mmaction_single_label(tmp_path):
 
 def test_mmaction_multi_label_and_split_argument(tmp_path):
     f = write(tmp_path / "list.txt", "x.mp4 0 2\ny.mp4 1\n")
-    clips = read_annotations(f, "mmaction", data_root=tmp_path, classes=CLASSES, split="val")
+    clips = read_annotations(f, "mmaction", data_root=tmp_path, classes=CLASSES, split="val", multi_label=True)
     assert [c.labels for c in clips] == [(0, 2), (1,)] and {c.split for c in clips} == {"val"}
+    with pytest.raises(AnnotationError, match=r"list\.txt:1: 2 labels \(0 2\) in a single-label list; pass --multi"):
+        read_annotations(f, "mmaction", data_root=tmp_path, classes=CLASSES)
 
 
 def test_tinyvirat_json_with_class_map(tmp_path):
@@ -113,13 +115,14 @@ def test_load_dataset_dir_reads_the_synth_layout(synth_dir):
 A = '[\n {"path": "a.mp4", "label": ["walk"]},\n '  # a good first record; the bad one is on line 3
 MALFORMED = [
     ("mmaction", "list.txt", "a.mp4 0\nb.mp4\n", 2, "no label"),
-    ("mmaction", "list.txt", "a.mp4 0\n\nb.mp4 x\n", 3, "unknown label 'x'"),
-    ("mmaction", "list.txt", "a.mp4 -1\n", 1, "unknown label '-1'"),
+    ("mmaction", "list.txt", "a.mp4 0\n\nb.mp4 x\n", 3, "no label after 'b.mp4 x'"),
+    ("mmaction", "list.txt", "a.mp4 -1\n", 1, "no label after"),
     ("mmaction", "list.txt", "a.mp4 0\nb.mp4 3\n", 2, "out of range"),
     ("mmaction", "list.txt", "a.mp4 0\n../../etc/passwd.mp4 1\n", 2, "escapes the data root"),
     ("mmaction", "list.txt", "/abs/a.mp4 0\n", 1, "absolute path"),
-    ("mmaction", "list.txt", "a.mp4 0\nb.mp4 1\n./a.mp4 2\n", 3, "duplicate clip"),
-    ("mmaction", "list.txt", "a.mp4 1 1\n", 1, "repeated"),
+    ("mmaction", "list.txt", "a.mp4 0\nb.mp4 1\n./a.mp4 2\n", 3, "listed again with other labels"),
+    ("mmaction", "list.txt", "a.mp4 1 1\n", 1, "single-label list; pass --multi-label"),
+    ("mmaction", "list.txt", "demo.mp4 280 3\n", 1, "2 labels (280 3) in a single-label list"),
     ("tinyvirat", "t.json", A + '{"path": "b.mp4", "label": ["fly"]}\n]', 3,
      "unknown label 'fly'"),
     ("tinyvirat", "t.json", A + '{"path": "b.mp4", "label": []}\n]', 3,
@@ -153,15 +156,14 @@ def test_malformed_input_names_file_and_line(tmp_path, fmt, name, text, line, me
     assert message in msg
 
 
-def test_names_without_class_list_are_an_error(tmp_path):
-    f = write(tmp_path / "a.csv", "path,label\nx.mp4,run\n")
-    with pytest.raises(AnnotationError, match=r"a\.csv:2: label 'run' is not an index; give a class list"):
-        read_annotations(f, data_root=tmp_path)
+def test_names_without_class_list_are_the_sorted_union(tmp_path):
+    f = write(tmp_path / "a.csv", "path,label\nx.mp4,run\ny.mp4,jump\n")
+    assert [c.labels for c in read_annotations(f, data_root=tmp_path)] == [(1,), (0,)]
 
 
 def test_folder_errors(tmp_path):
     write(tmp_path / "d" / "swim" / "a.mp4", "")
-    with pytest.raises(AnnotationError, match=r"d/swim: unknown class folder"):
+    with pytest.raises(AnnotationError, match=r"d/swim: unknown label 'swim'"):
         read_annotations(tmp_path / "d", data_root=tmp_path, classes=CLASSES)
     (tmp_path / "e").mkdir()
     with pytest.raises(AnnotationError, match=r"e: no class folders"):
