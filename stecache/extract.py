@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .annotations import Clip, Dataset, read_annotations, read_classes
+from .annotations import Dataset, load_dataset, resolve_clip
 from .cache import DEFAULT_CODEC, Cache, create_cache, lock, open_cache
 from .config import Config
 from .errors import ExtractionFailed, StecacheError
@@ -48,6 +48,8 @@ class ExtractConfig(Config):
     codec: str = DEFAULT_CODEC  # feature codec of a new cache (see cache.CODECS)
     shard_size: int | None = None  # clips per shard of a new cache; None = ~128 MB shards
     allow_failures: bool = False  # finish without error when some clips cannot be decoded
+    strict_decode: bool = False  # fail a clip whose stream breaks after good frames (else: partial clip)
+    box_margin: float = 0.0  # grow each annotated box by this fraction of its size on every side
     device: str | None = None  # None = cuda (rank's local GPU) if available, else cpu
     progress: bool = True
 
@@ -106,34 +108,43 @@ def augment(x: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tenso
     return crop.transpose(0, 1)[None]  # [1, 3, T, size, size]
 
 
-def load_views(path: Path, views: Views, row: int) -> torch.Tensor:
-    """All views of one clip, float32 [V, 3, T, H, W]: main views (crop-major) then augmented ones."""
-    out = [load_clip(path, views.sampling, views.preprocess)]
+def load_views(path: Path, views: Views, row: int, **source) -> torch.Tensor:
+    """All views of one clip, float32 [V, 3, T, H, W]: main views (crop-major) then augmented ones.
+
+    `source` goes to video.load_clip: start/end (segment), box, box_margin, strict, info."""
+    out = [load_clip(path, views.sampling, views.preprocess, **source)]
     if views.train:
         p = views.preprocess
         square = p.replace(crop="center", crop_size=p.short_side) if p.crop != "resize" else p
         train_sampling = views.sampling.replace(num_clips=1, test_mode=False)
         for v in range(views.train):
             rng = np.random.default_rng([views.seed, row, v])
-            out.append(augment(load_clip(path, train_sampling, square, rng), p.crop_size, rng))
+            x = load_clip(path, train_sampling, square, rng, **source)
+            out.append(augment(x, p.crop_size, rng))
     return torch.cat(out)
 
 
 class _Reader(torch.utils.data.Dataset):
     """Decodes clip `rows[j]` into its views, or reports why it cannot (runs in DataLoader workers)."""
 
-    def __init__(self, root: Path, clips: Sequence[Clip], rows: Sequence[int], views: Views):
-        self.root, self.clips, self.rows, self.views = root, clips, list(rows), views
+    def __init__(self, dataset: Dataset, rows: Sequence[int], views: Views, cfg: ExtractConfig):
+        self.dataset, self.rows, self.views, self.cfg = dataset, list(rows), views, cfg
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str]:
+    def __getitem__(self, j: int) -> tuple[int, torch.Tensor | None, str, str]:
+        """(row, views or None, error, partial note "decoded/declared frames" or "")."""
         row = self.rows[j]
+        clip, info = self.dataset.clips[row], {}
         try:
-            return row, load_views(self.root / self.clips[row].path, self.views, row), ""
+            path = resolve_clip(self.dataset.root_of(clip), clip.path)  # refused before anything opens it
+            src = dict(start=clip.start, end=clip.end, box=clip.box, box_margin=self.cfg.box_margin)
+            x = load_views(path, self.views, row, strict=self.cfg.strict_decode, info=info, **src)
         except Exception as e:  # any clip-level failure is recorded in the cache, never fatal for the run
-            return row, None, f"{type(e).__name__}: {e}"
+            return row, None, f"{type(e).__name__}: {e}", ""
+        note = f"{info['decoded']}/{info['declared']} frames decoded" if info.get("partial") else ""
+        return row, x, "", note
 
 
 def _identity(x):
@@ -243,6 +254,10 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
         "preprocess": views.preprocess.to_dict(),
         "views": views.provenance(),
     }
+    if "val_from_train" in dataset.provenance:  # the held-out split is part of what the cache is
+        provenance["val_from_train"] = dataset.provenance["val_from_train"]
+    if any(c.box is not None for c in dataset.clips):
+        provenance["box_margin"] = cfg.box_margin
     spec = dict(
         clips=dataset.clips,
         class_names=dataset.classes,
@@ -269,16 +284,17 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
         mine = [s for i, s in enumerate(cache.shards()) if i % world == rank]
         done = cache.done
         before = int(done.sum())
-        extracted, failed = _run(cache, mine, done, dataset, backbone, views, cfg, device, rank)
+        extracted, failed, partial = _run(cache, mine, done, dataset, backbone, views, cfg, device, rank)
         per_rank = [extracted]
         if world > 1:
             import torch.distributed as dist
 
             gathered = [None] * world
-            dist.all_gather_object(gathered, (extracted, failed))
+            dist.all_gather_object(gathered, (extracted, failed, partial))
             per_rank = [g[0] for g in gathered]
             extracted = sum(per_rank)
             failed = [f for g in gathered for f in g[1]]
+            partial = [f for g in gathered for f in g[2]]
     seconds = time.perf_counter() - t0
     summary = {
         "cache": str(cache_url),
@@ -288,6 +304,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
         "extracted": extracted,
         "per_rank": per_rank,
         "failed": failed,
+        "partial": partial,
         "seconds": round(seconds, 3),
         "clips_per_s": round(extracted / seconds, 3) if seconds else None,
     }
@@ -301,15 +318,15 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
     return summary
 
 
-def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tuple[int, list]:
-    """Decode, forward and write this rank's shards; returns (clips extracted, [(clip_id, error)])."""
+def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tuple[int, list, list]:
+    """Decode, forward and write this rank's shards: (extracted, [(clip_id, error)], [(clip_id, partial)])."""
     from tqdm import tqdm
 
     todo = [r for a, b in shards for r in range(a, b) if not done[r]]
     if not todo:
-        return 0, []
+        return 0, [], []
     workers = min(2, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
-    reader = _Reader(Path(dataset.root), dataset.clips, todo, views)
+    reader = _Reader(dataset, todo, views, cfg)
     loader = torch.utils.data.DataLoader(
         reader,
         batch_size=None,
@@ -326,14 +343,16 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
     buf: dict = {}
     pending: list[tuple[int, torch.Tensor]] = []
     extracted, failed = 0, []
+    partial: list = []
     try:
-        for row, x, err in loader:
+        for row, x, err, note in loader:
             a, b = shard_of[row]
             if not buf:  # a new shard: start from what is stored (rows done earlier stay as they are)
                 buf = {
                     "feats": np.zeros((b - a, *v_shape), dtype=cache.dtype),  # [S, V, n, c, h, w]
                     "ok": done[a:b].copy(),
                     "errors": ["" for _ in range(b - a)],
+                    "partial": ["" for _ in range(b - a)],
                 }
                 if buf["ok"].any():
                     buf["feats"][:] = cache.read_views(slice(a, b))
@@ -342,24 +361,28 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                 failed.append((dataset.clips[row].clip_id, err))
             else:
                 pending.append((row, x))
+                buf["partial"][row - a] = note
+                if note:
+                    partial.append((dataset.clips[row].clip_id, note))
             if len(pending) == cfg.batch_size or row in last_of_shard:
                 extracted += _forward(backbone, pending, buf, a, v_shape, device)
                 pending = []
             if row in last_of_shard:
                 feats = buf["feats"]  # [S, V, n, c, h, w]
                 extra = feats[:, 1:] if views.count > 1 else None
-                writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"])
+                writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"], buf["partial"])
                 buf = {}
             bar.update(1)
     except KeyboardInterrupt:  # Ctrl-C: also keep the clips of the unfinished shard already computed
         if buf:
             feats = buf["feats"]
-            writer.put(a, feats[:, 0], feats[:, 1:] if views.count > 1 else None, buf["ok"], buf["errors"])
+            extra = feats[:, 1:] if views.count > 1 else None
+            writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"], buf["partial"])
         raise
     finally:  # also on Ctrl-C or errors: shards already complete are still stored
         bar.close()
         writer.close()
-    return extracted, failed
+    return extracted, failed, partial
 
 
 def _forward(backbone, pending, buf, start, v_shape, device) -> int:
@@ -383,20 +406,19 @@ def _forward(backbone, pending, buf, start, v_shape, device) -> int:
 
 
 def dataset_from_annotations(
-    annotations: dict[str, str | Path], data_root: str | Path, classes: str | Path | None = None
+    annotations,
+    data_root,
+    classes: str | Path | None = None,
+    multi_label: bool = False,
+    val_from_train: float | None = None,
+    seed: int = 0,
 ) -> Dataset:
-    """A Dataset from one annotation file per split (any supported format) and a data root."""
-    class_names = read_classes(classes) if classes else None
-    clips: list[Clip] = []
-    for split, path in annotations.items():
-        clips += read_annotations(path, data_root=data_root, classes=class_names, split=split)
-    if not clips:
-        raise StecacheError(f"no clips in {', '.join(map(str, annotations.values()))}")
-    if class_names is None:
-        k = 1 + max((lab for c in clips for lab in c.labels), default=0)
-        class_names = tuple(str(i) for i in range(k))
-    multi = any(len(c.labels) > 1 for c in clips)
-    return Dataset(root=Path(data_root), classes=tuple(class_names), clips=tuple(clips), multi_label=multi)
+    """A Dataset from annotation files ({split: file} or [(split or None, file)]) and a data root (or
+    {split: root}, key None = default); one class list over all splits; optionally a held-out val."""
+    from .annotations import val_from_train as hold_out
+
+    ds = load_dataset(annotations, data_root, classes=classes, multi_label=multi_label)
+    return hold_out(ds, val_from_train, seed) if val_from_train else ds
 
 
 # ---- defaults of the command line ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ PyAV sequentially and stops after the last needed frame. Unusable files raise `M
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from .annotations import Clip, Dataset, load_dataset_dir, read_annotations, read_classes
+from .annotations.common import FRAME_SUFFIXES
 from .config import Config, ConfigError
 from .errors import CorruptVideo, EmptyVideo, MissingVideo, NoVideoStream
 
 __all__ = ["Clip", "Dataset", "Sampling", "Preprocess", "sample_frames", "uniform_sample", "frame_indices"]
 __all__ += ["count_frames", "iter_frames", "decode_frames", "load_clip", "preprocess_frames", "crop_views"]
-__all__ += ["resized_size"]
+__all__ += ["resized_size", "segment_frames", "frame_files", "box_pixels", "BrokenStream", "ShortStream"]
 __all__ += ["read_annotations", "read_classes", "load_dataset_dir"]
 
 
@@ -145,6 +147,10 @@ def _open(path: str | Path):
         raise MissingVideo(f"{path}: video file not found")
     if path.stat().st_size == 0:
         raise CorruptVideo(f"{path}: empty file (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(PLAYLIST_MAGIC):  # FFmpeg would follow its entries anywhere: never a clip
+        raise CorruptVideo(f"{path}: a playlist (HLS/ffconcat), not a video; refused")
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError) as e:
@@ -154,6 +160,9 @@ def _open(path: str | Path):
         container.close()
         raise NoVideoStream(f"{path}: no video stream (has: {', '.join(kinds)})")
     return container, container.streams.video[0]
+
+
+PLAYLIST_MAGIC = (b"#EXTM3U", b"ffconcat", b"[playlist]")
 
 
 def count_frames(path: str | Path) -> int:
@@ -181,16 +190,23 @@ class ShortStream(CorruptVideo):
         self.decoded = decoded
 
 
-# Headers of real-world files often over-count by a few frames (VFR, edit lists); a shortfall up to this
-# share of the header count is resampled from the frames that do decode, a larger one is a truncated file.
-HEADER_SLACK = 0.1
+class BrokenStream(CorruptVideo):
+    """Decoding failed after `.decoded` good frames (a damaged or cut file)."""
+
+    def __init__(self, message: str, decoded: int):
+        super().__init__(message)
+        self.decoded = decoded
 
 
-def iter_frames(path: str | Path, indices) -> Iterator[tuple[int, np.ndarray]]:
+def iter_frames(
+    path: str | Path, indices, start: float | None = None, end: float | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (index, uint8 RGB [H, W, 3]) for each distinct index, in order, decoding the stream once.
 
-    Decoding stops after the largest index; only needed frames are converted to RGB. A stream that ends
-    before the largest index raises ShortStream (a CorruptVideo), one with no frames EmptyVideo.
+    Decoding stops after the largest index; only needed frames are converted to RGB. With `start`/`end`
+    (seconds) index 0 is the first frame of the segment and decoding seeks to it. A frame folder yields
+    its images. A stream that ends before the largest index raises ShortStream, one that fails after good
+    frames BrokenStream (both CorruptVideo, with `.decoded`), one with no frames EmptyVideo.
     """
     import av
 
@@ -200,27 +216,114 @@ def iter_frames(path: str | Path, indices) -> Iterator[tuple[int, np.ndarray]]:
     if min(needed) < 0:
         raise ValueError(f"negative frame index {min(needed)}")
     last = max(needed)
+    if Path(path).is_dir():
+        files = frame_files(path)
+        for i in sorted(k for k in needed if k < len(files)):
+            yield i, _read_image(files[i])
+        if last >= len(files):
+            raise ShortStream(f"{path}: {len(files)} frames; frame {last} was requested", len(files))
+        return
     container, stream = _open(path)
     i = -1
     with container:
         try:
-            for i, frame in enumerate(container.decode(stream)):
+            for i, frame in enumerate(_decode(container, stream, start, end)):
                 if i in needed:
                     yield i, frame.to_rgb().to_ndarray()  # as mmaction2 PyAVDecode
                 if i >= last:
                     return
         except av.FFmpegError as e:
-            raise CorruptVideo(f"{path}: decoding failed after {i + 1} frames ({e})") from None
+            msg = f"{path}: decoding failed after {i + 1} frames ({e})"
+            raise (BrokenStream(msg, i + 1) if i >= 0 else CorruptVideo(msg)) from None
     if i < 0:
-        raise EmptyVideo(f"{path}: the video stream decodes to zero frames")
+        where = f" in the segment [{start}, {end}] s" if start is not None or end is not None else ""
+        raise EmptyVideo(f"{path}: the video stream decodes to zero frames{where}")
     msg = f"{path}: stream ended after {i + 1} frames; frame {last} was requested (truncated?)"
     raise ShortStream(msg, i + 1)
 
 
-def decode_frames(path: str | Path, indices) -> np.ndarray:
+def _decode(container, stream, start: float | None, end: float | None):
+    """Decoded frames of [start, end) seconds from the stream's first timestamp; seeks to `start`."""
+    if start is None and end is None:
+        yield from container.decode(stream)
+        return
+    tb = float(stream.time_base)
+    t0 = (stream.start_time or 0) * tb
+    if start:
+        container.seek(int((start + t0) / tb), stream=stream, backward=True, any_frame=False)
+    for frame in container.decode(stream):
+        t = (frame.pts if frame.pts is not None else 0) * tb - t0
+        if start is not None and t < start - 1e-6:
+            continue
+        if end is not None and t >= end - 1e-6:
+            return
+        yield frame
+
+
+def segment_frames(path: str | Path, start: float | None, end: float | None) -> int:
+    """Frames of a segment, counted from packet timestamps after a seek (no decoding)."""
+    import av
+
+    container, stream = _open(path)
+    tb = float(stream.time_base)
+    t0 = (stream.start_time or 0) * tb
+    n = 0
+    with container:
+        try:
+            if start:
+                container.seek(int((start + t0) / tb), stream=stream, backward=True, any_frame=False)
+            for p in container.demux(stream):
+                if p.pts is None or not p.size:
+                    continue
+                t = p.pts * tb - t0
+                if (start is None or t >= start - 1e-6) and (end is None or t < end - 1e-6):
+                    n += 1
+                if end is not None and p.dts is not None and p.dts * tb - t0 >= end + 1:
+                    break  # decode order is past the segment (1 s of slack for B-frame reordering)
+        except av.FFmpegError as e:
+            if not n:
+                raise CorruptVideo(f"{path}: cannot read packets ({e})") from None
+    if n <= 0:
+        raise EmptyVideo(f"{path}: no frames in the segment [{start}, {end}] s")
+    return n
+
+
+def frame_files(folder: str | Path) -> list[Path]:
+    """The image files of a frame folder, in name order (img_00001.jpg ... as mmaction2 writes them)."""
+    files = sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in FRAME_SUFFIXES and f.is_file())
+    if not files:
+        raise EmptyVideo(f"{folder}: frame folder without images ({', '.join(FRAME_SUFFIXES)})")
+    return files
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as e:
+        raise CorruptVideo(f"{path}: cannot read the image ({e})") from None
+
+
+def box_pixels(box, h: int, w: int, margin: float = 0.0) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of box x1,y1,x2,y2 (pixels, or all <= 1 = normalised) grown by
+    `margin` x its size on each side, rounded outwards and clipped to the frame."""
+    x1, y1, x2, y2 = box
+    if max(box) <= 1.0:
+        x1, x2, y1, y2 = x1 * w, x2 * w, y1 * h, y2 * h
+    mx, my = margin * (x2 - x1), margin * (y2 - y1)
+    left, top = max(0, math.floor(x1 - mx)), max(0, math.floor(y1 - my))
+    right, bottom = min(w, math.ceil(x2 + mx)), min(h, math.ceil(y2 + my))
+    if right <= left or bottom <= top:
+        raise CorruptVideo(f"box {tuple(box)} lies outside the {w}x{h} frame")
+    return top, left, bottom, right
+
+
+def decode_frames(path: str | Path, indices, start=None, end=None) -> np.ndarray:
     """Frames at `indices` (any order, repeats allowed), uint8 RGB [len(indices), H, W, 3]."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    got = dict(iter_frames(path, indices))
+    got = dict(iter_frames(path, indices, start, end))
     return np.stack([got[k] for k in indices.tolist()])
 
 
@@ -284,24 +387,66 @@ def preprocess_frames(frames: np.ndarray | torch.Tensor, num_clips: int, p: Prep
     return arrange_views(crop_views(frames, p), num_clips)
 
 
-def load_clip(path: str | Path, sampling: Sampling, preprocess: Preprocess, rng=None) -> torch.Tensor:
-    """Decode, sample and preprocess one video: float32 [V, 3, T, H, W], V = crops * num_clips, crop-major."""
-    total = count_frames(path)
+def load_clip(
+    path: str | Path,
+    sampling: Sampling,
+    preprocess: Preprocess,
+    rng=None,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    box=None,
+    box_margin: float = 0.0,
+    strict: bool = False,
+    info: dict | None = None,
+) -> torch.Tensor:
+    """Decode, sample and preprocess one clip: float32 [V, 3, T, H, W], V = crops * num_clips, crop-major.
+
+    `path` is a video file or a frame folder; `start`/`end` (seconds) cut a segment (decoded after a
+    seek); `box` is cropped (grown by `box_margin`) before the resize/crop. Frames that exist are sampled
+    when the header over-counts; a stream failing after good frames is sampled from those and recorded in
+    `info` (decoded, declared, partial=True) unless `strict`. Frames of different sizes are resized each.
+    """
+    if Path(path).is_dir():
+        total = len(frame_files(path))
+    elif start is not None or end is not None:
+        total = segment_frames(path, start, end)
+    else:
+        total = count_frames(path)
     state = rng.bit_generator.state if rng is not None else None  # a resample draws the same numbers
     inds = frame_indices(sampling, total, rng).reshape(-1)  # [num_clips*T]
     try:
-        frames, inverse = _decode_unique(path, inds)
-    except ShortStream as e:
-        if e.decoded < total * (1 - HEADER_SLACK):
+        frames, inverse = _decode_unique(path, inds, start, end)
+    except (ShortStream, BrokenStream) as e:
+        broken = isinstance(e, BrokenStream)
+        if broken and strict:
             raise
+        if info is not None:
+            info.update(decoded=e.decoded, declared=total, partial=broken)
         if state is not None:
             rng.bit_generator.state = state
-        frames, inverse = _decode_unique(path, frame_indices(sampling, e.decoded, rng).reshape(-1))
-    views = crop_views(frames, preprocess)  # [crops, U, 3, S, S]
+        inds = frame_indices(sampling, e.decoded, rng).reshape(-1)
+        frames, inverse = _decode_unique(path, inds, start, end)
+    if box is not None:
+        frames = [f[t:b, lf:r] for f in frames for t, lf, b, r in [box_pixels(box, *f.shape[:2], box_margin)]]
+    views = _crop_views_each_size(frames, preprocess)  # [crops, U, 3, S, S]
     return arrange_views(views[:, torch.as_tensor(inverse.reshape(-1))], sampling.num_clips)
 
 
-def _decode_unique(path: str | Path, inds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Decode each distinct index once (short clips repeat frames): (frames [U, H, W, 3], inverse [M])."""
+def _crop_views_each_size(frames: list[np.ndarray], p: Preprocess) -> torch.Tensor:
+    """crop_views over frames that may differ in size (a stream whose resolution changes mid-way)."""
+    out, k = [], 0
+    while k < len(frames):
+        j = k
+        while j < len(frames) and frames[j].shape == frames[k].shape:
+            j += 1
+        out.append(crop_views(np.stack(frames[k:j]), p))  # [crops, j-k, 3, S, S]
+        k = j
+    return torch.cat(out, dim=1)
+
+
+def _decode_unique(path, inds: np.ndarray, start=None, end=None) -> tuple[list[np.ndarray], np.ndarray]:
+    """Decode each distinct index once (short clips repeat frames): (frames U x [H, W, 3], inverse [M])."""
     uniq, inverse = np.unique(inds, return_inverse=True)
-    return decode_frames(path, uniq), inverse
+    got = dict(iter_frames(path, uniq, start, end))
+    return [got[k] for k in uniq.tolist()], inverse

@@ -110,7 +110,9 @@ def read_annotations(
     multi_label: bool = False,
 ) -> list[Clip]:
     """The clips of one annotation file (or class folder), labelled against its own class list."""
-    return list(load_dataset([(split, path)], data_root, classes=classes, multi_label=multi_label, fmt=fmt).clips)
+    return list(
+        load_dataset([(split, path)], data_root, classes=classes, multi_label=multi_label, fmt=fmt).clips
+    )
 
 
 def load_dataset_dir(root: str | Path) -> Dataset:

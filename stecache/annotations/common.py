@@ -72,12 +72,14 @@ def err(source: object, line: int | None, msg: str) -> AnnotationError:
 
 
 def safe_relpath(path: str, source: object, line: int | None) -> str:
-    """Normalise a clip path to posix relative form; reject absolute paths, URLs and paths leaving the root."""
+    """Normalise a clip path to posix relative form; reject absolute paths, URLs and escapes from the root."""
     if not path or "\x00" in path:
         raise err(source, line, "empty clip path" if not path else "NUL character in clip path")
     p = path.replace("\\", "/")
     if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", p) and not re.match(r"[A-Za-z]:/", p):
-        raise err(source, line, f"{path!r} is a URL or protocol; clips must be local files under the data root")
+        raise err(
+            source, line, f"{path!r} is a URL or protocol; clips must be local files under the data root"
+        )
     if p.startswith("/") or re.match(r"[A-Za-z]:/", p):
         raise err(source, line, f"absolute path {path!r}; paths must be relative to the data root")
     norm = posixpath.normpath(p)
@@ -154,7 +156,9 @@ def parse_box(values: list[str], source: object, line: int | None) -> Box | None
     return (x1, y1, x2, y2)
 
 
-def parse_segment(start: str, end: str, source: object, line: int | None) -> tuple[float | None, float | None]:
+def parse_segment(
+    start: str, end: str, source: object, line: int | None
+) -> tuple[float | None, float | None]:
     """(start, end) seconds from two fields (empty = open); end > start >= 0."""
     try:
         s = float(start) if start.strip() else None

@@ -14,8 +14,17 @@ import csv
 import io
 from pathlib import Path
 
-from .common import VIDEO_SUFFIXES, Entry, Parsed, err, infer_split, parse_box, parse_segment, read_text
-from .common import safe_relpath
+from .common import (
+    VIDEO_SUFFIXES,
+    Entry,
+    Parsed,
+    err,
+    infer_split,
+    parse_box,
+    parse_segment,
+    read_text,
+    safe_relpath,
+)
 
 BOX = ("x1", "y1", "x2", "y2")
 

@@ -1,4 +1,4 @@
-"""mmaction2 lists: `path label [label ...]` (VideoDataset) and `frame_dir total_frames label` (RawframeDataset).
+"""mmaction2 lists: `path label [label ...]` (VideoDataset), `frame_dir total_frames label` (RawframeDataset).
 
 Labels are the trailing integer tokens (or known class names); the path is the rest of the line, so a path
 may contain spaces. A line is a rawframe line when its path is a folder under the data root. A list is

@@ -18,7 +18,7 @@ PLAYLIST_SUFFIXES = (".m3u8", ".m3u", ".ffconcat", ".pls", ".sdp")
 
 
 def resolve_clip(root: str | Path, rel: str) -> Path:
-    """The real absolute path of `root/rel`; PathOutsideRoot if it leaves the root or is no plain file/folder."""
+    """The real path of `root/rel`; PathOutsideRoot if it leaves the root or is no plain file/folder."""
     real_root = os.path.realpath(root)
     real = os.path.realpath(os.path.join(real_root, rel))
     if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):

@@ -1,4 +1,4 @@
-"""Something-Something v2: `labels.json` ({template: "index"}) + `train.json` / `validation.json` / `test.json`.
+"""Something-Something v2: `labels.json` ({template: "index"}) + train.json / validation.json / test.json.
 
 Records are {"id": "78687", "template": "Putting [something] on [something]", ...}; the label is the
 template without brackets, looked up in labels.json (beside the file). Videos are `<id>.webm` under the
@@ -26,7 +26,11 @@ def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classe
         out.classes = read_classes(path.parent / "labels.json")
     for k, rec in enumerate(records):
         line = lines[k] if k < len(lines) else None
-        if not isinstance(rec, dict) or not isinstance(rec.get("id"), (str, int)) or isinstance(rec["id"], bool):
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get("id"), (str, int))
+            or isinstance(rec["id"], bool)
+        ):
             raise err(path, line, f"record {k}: expected an object with an 'id'")
         vid = str(rec["id"])
         rel = safe_relpath(vid if (root / vid).is_dir() else f"{vid}.webm", path, line)

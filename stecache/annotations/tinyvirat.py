@@ -53,7 +53,9 @@ def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classe
         cid = rec.get("id", rec["path"])
         if not isinstance(cid, (str, int)) or isinstance(cid, bool):
             raise err(path, line, f"{where}: 'id' must be a string")
-        out.entries.append(Entry(rel, names, split, f"{split}/{cid}" if "id" in rec else rel, str(path), line))
+        out.entries.append(
+            Entry(rel, names, split, f"{split}/{cid}" if "id" in rec else rel, str(path), line)
+        )
     return out
 
 

@@ -161,6 +161,12 @@ class Cache:
     def error(self) -> np.ndarray:  # [N] str, "" where no failure
         return np.asarray(self.group["error"][:].tolist(), dtype=object)
 
+    @property
+    def partial(self) -> np.ndarray:  # [N] str, "decoded/declared frames" where a stream broke, else ""
+        if "partial" not in self.group:  # caches made before partial clips were recorded
+            return np.full(len(self), "", dtype=object)
+        return np.asarray(self.group["partial"][:].tolist(), dtype=object)
+
     @cached_property
     def split(self) -> np.ndarray:  # [N] str
         return np.asarray(self.group["split"][:].tolist(), dtype=object)
@@ -224,8 +230,9 @@ class Cache:
         views: np.ndarray | None,
         ok: np.ndarray,
         errors: Sequence[str],
+        partial: Sequence[str] | None = None,
     ) -> None:
-        """Store one shard's rows [start, start+len): features, views, errors, and `done` last."""
+        """Store one shard's rows [start, start+len): features, views, errors, partial notes, `done` last."""
         stop = start + len(features)
         if start % self.shard_size or (stop != min(start + self.shard_size, len(self))):
             raise ValueError(f"write_shard({start}, {len(features)} rows) is not one whole shard")
@@ -233,6 +240,8 @@ class Cache:
         if self._views is not None:
             self._views[start:stop] = views.astype(self.dtype, copy=False)
         self.group["error"][start:stop] = np.asarray(list(errors), dtype=str)
+        if partial is not None and "partial" in self.group:
+            self.group["partial"][start:stop] = np.asarray(list(partial), dtype=str)
         self.group["done"][start:stop] = np.asarray(ok, dtype=bool)  # only now: features are stored
 
     def nbytes_on_disk(self) -> int | None:
@@ -274,6 +283,12 @@ class Cache:
         for k, name in enumerate(self.class_names):
             counts = [int(labels[self.split == s, k].sum()) for s in splits]
             lines.append(f"{name[:23]:<24}" + "".join(f"{c:>8}" for c in counts))
+        if "train" in splits:
+            for k in np.flatnonzero(labels[self.split == "train"].sum(0) == 0):
+                lines.append(f"{'warning':<13} class {self.class_names[k]!r} has no training clip")
+        partial = self.partial
+        for i in np.flatnonzero(partial != "")[:20]:
+            lines.append(f"{'partial':<13} row {i} {self.clip_id[i]}: {partial[i]}")
         for i in np.flatnonzero(err != "")[:20]:
             lines.append(f"{'failed':<13} row {i} {self.clip_id[i]}: {err[i]}")
         if n_failed > 20:
@@ -382,6 +397,7 @@ def create_cache(
     # done/error: one chunk per shard, so ranks owning disjoint shards never write the same file.
     group.create_array("done", shape=(n,), chunks=(s,), dtype=bool, fill_value=False, overwrite=True)
     group.create_array("error", shape=(n,), chunks=(s,), dtype=str, overwrite=True)
+    group.create_array("partial", shape=(n,), chunks=(s,), dtype=str, overwrite=True)
     if n:
         group["labels"][:] = labels
         group["split"][:] = np.asarray([str(c.split) for c in clips], dtype=str)
