@@ -145,7 +145,8 @@ def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
               help="Runs root: one folder per run + results.jsonl.")  # fmt: skip
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
               help="Also write the tables here [default: OUT/report].")  # fmt: skip
-def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, device, out, report_dir):
+@click.option("--val-split", default="val", show_default=True, help="Split heads are selected on.")
+def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, device, out, report_dir, val_split):
     """Train a grid of heads (× seeds × settings) on CACHES in one pass per cache; select on val, test once.
 
     Resumable: finished runs (in OUT/results.jsonl) are skipped; an interrupted pass resumes its heads.
@@ -153,7 +154,7 @@ def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, devic
     from .report import write_report
     from .sweep import plan, run_sweep
 
-    base = {"epochs": epochs, "batch_size": batch_size}
+    base = {"epochs": epochs, "batch_size": batch_size, "val_split": val_split}
     jobs = plan(list(caches), tables=tables, heads=heads, seeds=seeds, base=base, grid=grid)
     run_sweep(jobs, out, memory=memory, device=device, echo=click.echo)
     md = write_report(out / "results.jsonl", report_dir or out / "report")
@@ -236,8 +237,9 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
               help="Runs root (holds results.jsonl).")  # fmt: skip
 @click.option("--resume/--no-resume", default=None,
               help="Resume the run's checkpoint [default: if its config matches] / start over.")  # fmt: skip
+@click.option("--val-split", default="val", show_default=True, help="Split the best epoch is selected on.")
 def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warmup_epochs, weight_decay,
-               no_balance, options, ram_limit, out, name, runs, resume):  # fmt: skip
+               no_balance, options, ram_limit, out, name, runs, resume, val_split):  # fmt: skip
     """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
     import logging
 
@@ -248,7 +250,8 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
 
     cfg = TrainConfig(head=head, depth=depth, head_options=options, epochs=epochs, seed=seed,
                       data_seed=data_seed, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
-                      weight_decay=weight_decay, balanced=not no_balance, ram_limit=ram_limit)  # fmt: skip
+                      weight_decay=weight_decay, balanced=not no_balance, ram_limit=ram_limit,
+                      val_split=val_split)  # fmt: skip
     out = out or (runs / name if name else None)
     metrics = train(cfg, cache or _default_cache(), out, runs_root=runs, resume=resume)
     if metrics:  # rank 0 only
@@ -287,16 +290,71 @@ def _backbone_name(ctx, param, value: str) -> str:
     return value
 
 
-def _split_files(ctx, param, values: tuple[str, ...]) -> dict[str, Path]:
-    out = {}
+def _split_files(ctx, param, values: tuple[str, ...]) -> list[tuple[str | None, Path]]:
+    out = []
     for v in values:
         split, sep, file = v.partition("=")
-        if not sep or not split or not file:
-            raise click.BadParameter(f"{v!r}: expected SPLIT=FILE, e.g. train=lists/train.txt")
+        if not sep:  # a bare FILE: the file tells the split (a CSV split column, UCF101/HMDB51 split files)
+            split, file = None, v
+        if (sep and not split) or not file:
+            raise click.BadParameter(f"{v!r}: expected SPLIT=FILE or FILE, e.g. train=lists/train.txt")
         if not Path(file).exists():
             raise click.BadParameter(f"{v!r}: {file} does not exist")
-        out[split] = Path(file)
+        out.append((split, Path(file)))
     return out
+
+
+def _data_roots(ctx, param, values: tuple[str, ...]) -> dict | None:
+    """--data-root DIR and/or --data-root SPLIT=DIR -> {None or split: DIR}."""
+    out: dict = {}
+    for v in values:
+        split, sep, folder = v.partition("=")
+        key, folder = (split, folder) if sep and not Path(v).is_dir() else (None, v)
+        if not Path(folder).is_dir():
+            raise click.BadParameter(f"{v!r}: {folder} is not a directory")
+        out[key] = Path(folder)
+    return out or None
+
+
+def _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed):
+    """The Dataset extract / check-data read: --annotations + --data-root, else a `stecache synth` folder."""
+    from .annotations import load_dataset_dir
+    from .annotations import val_from_train as hold_out
+    from .extract import dataset_from_annotations
+
+    if annotations:
+        if data is not None or data_root is None:
+            raise click.UsageError("--annotations needs --data-root DIR and no --data")
+        return dataset_from_annotations(annotations, data_root, classes, multi_label, val_from_train, seed)
+    if data_root is not None or classes is not None or multi_label:
+        raise click.UsageError("--data-root/--classes/--multi-label go with --annotations SPLIT=FILE")
+    if data is None:
+        data = Path("work/synth")
+        if not (data / "classes.txt").exists():
+            from .synth import synthesize
+
+            click.echo(f"no --data: writing the synthetic dataset to {data}", err=True)
+            click.echo(synthesize(data), err=True)
+    dataset = load_dataset_dir(data)
+    return hold_out(dataset, val_from_train, seed) if val_from_train else dataset
+
+
+_DATASET_OPTIONS = [
+    click.option(
+        "--multi-label", is_flag=True, help="mmaction2 list clips may carry several labels (multi_class)."
+    ),
+    click.option(
+        "--val-from-train",
+        type=click.FloatRange(0, 1, min_open=True, max_open=True),
+        help="Hold out this stratified, seeded (--seed) fraction of train as split 'val'.",
+    ),
+]
+
+
+def _dataset_options(f):
+    for option in reversed(_DATASET_OPTIONS):
+        f = option(f)
+    return f
 
 
 @cli.command()
@@ -320,19 +378,24 @@ def _split_files(ctx, param, values: tuple[str, ...]) -> dict[str, Path]:
     "--annotations",
     multiple=True,
     callback=_split_files,
-    metavar="SPLIT=FILE",
-    help="Annotation file of a split (mmaction .txt, TinyVIRAT .json, .csv, class folder); repeat.",
+    metavar="[SPLIT=]FILE",
+    help="Annotation file of a split (mmaction list, TinyVIRAT/SSv2 .json, .csv, UCF101/HMDB51 split "
+    "files, class folder); repeat. A bare FILE: its split column / split files tell (data/README.md).",
 )
 @click.option(
     "--data-root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder the annotation paths are relative to (with --annotations).",
+    multiple=True,
+    callback=_data_roots,
+    metavar="[SPLIT=]DIR",
+    help="Folder the annotation paths are relative to (with --annotations); SPLIT=DIR for one split.",
 )
 @click.option(
     "--classes",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Class names file (with --annotations) [default: 0..K-1].",
+    help="Class list: classes.txt or class_map.json [default: what the format carries, else the sorted "
+    "label names over all splits, else 0..K-1].",
 )
+@_dataset_options
 @click.option("--cache", "cache_url", help="Output zarr path or URL [default: work/cache-<backbone>.zarr].")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per forward.")
 @click.option("--workers", type=click.IntRange(0), help="Decoding processes [default: min(2, cpus)].")
@@ -355,6 +418,10 @@ def _split_files(ctx, param, values: tuple[str, ...]) -> dict[str, Path]:
 )
 @click.option("--shard-size", type=click.IntRange(1), help="Clips per shard file [default: ~128 MB shards].")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even if some clips cannot be decoded.")
+@click.option("--strict-decode", is_flag=True,
+              help="Fail a clip whose stream breaks after good frames [default: keep it, partial].")
+@click.option("--box-margin", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="Grow each annotated box by this fraction of its size on every side.")  # fmt: skip
 @click.option("--device", help="torch device [default: cuda if available, else cpu].")
 def extract(
     backbone,
@@ -363,6 +430,8 @@ def extract(
     annotations,
     data_root,
     classes,
+    multi_label,
+    val_from_train,
     cache_url,
     batch_size,
     workers,
@@ -373,6 +442,8 @@ def extract(
     codec,
     shard_size,
     allow_failures,
+    strict_decode,
+    box_margin,
     device,
 ):
     """Run a frozen encoder once over every clip into a resumable zarr feature cache.
@@ -380,25 +451,10 @@ def extract(
     Re-running the same command resumes (done clips are skipped). Under `torchrun --nproc_per_node=K`
     the ranks share the work and write one cache.
     """
-    from .annotations import load_dataset_dir
-    from .extract import ExtractConfig, dataset_from_annotations, default_cache_path, remember_cache
+    from .extract import ExtractConfig, default_cache_path, remember_cache
     from .extract import extract as run_extract
 
-    if annotations:
-        if data is not None or data_root is None:
-            raise click.UsageError("--annotations needs --data-root DIR and no --data")
-        dataset = dataset_from_annotations(annotations, data_root, classes)
-    else:
-        if data_root is not None or classes is not None:
-            raise click.UsageError("--data-root/--classes go with --annotations SPLIT=FILE")
-        if data is None:
-            data = Path("work/synth")
-            if not (data / "classes.txt").exists():
-                from .synth import synthesize
-
-                click.echo(f"no --data: writing the synthetic dataset to {data}", err=True)
-                click.echo(synthesize(data), err=True)
-        dataset = load_dataset_dir(data)
+    dataset = _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed)
     cache_url = cache_url or str(default_cache_path(backbone))
     cfg = ExtractConfig(
         batch_size=batch_size,
@@ -410,6 +466,8 @@ def extract(
         codec=codec,
         shard_size=shard_size,
         allow_failures=allow_failures,
+        strict_decode=strict_decode,
+        box_margin=box_margin,
         device=device,
     )
     try:
@@ -424,6 +482,45 @@ def extract(
     )
     for clip_id, err in s["failed"]:
         click.echo(f"  failed {clip_id}: {err}")
+    for clip_id, note in s.get("partial", []):
+        click.echo(f"  partial {clip_id}: {note} (stream broke; --strict-decode fails such clips)")
+
+
+@cli.command("check-data")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Dataset folder as `stecache synth` writes it [default: work/synth].")  # fmt: skip
+@click.option("--annotations", multiple=True, callback=_split_files, metavar="[SPLIT=]FILE",
+              help="As for extract.")  # fmt: skip
+@click.option("--data-root", multiple=True, callback=_data_roots, metavar="[SPLIT=]DIR", help="As extract.")
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="As extract.")
+@_dataset_options
+@click.option("--seed", default=0, show_default=True, help="Seed of --val-from-train.")
+@click.option("--workers", type=click.IntRange(0), help="Probe processes [default: min(2, cpus)].")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def check_data(data, annotations, data_root, classes, multi_label, val_from_train, seed, workers, fmt):
+    """Dry run of extract: parse the annotations, resolve every path, probe every video; exit 1 on errors.
+
+    Reports per split and class: counts, duplicates, missing, undecodable, partial, paths escaping the data
+    root, segments and boxes outside their video. Makes no cache and loads no backbone.
+    """
+    import json
+
+    from .checkdata import check_data as run_check
+    from .checkdata import format_report
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset = _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed)
+    report = run_check(dataset, workers)
+    report["warnings"] = [str(w.message) for w in caught]
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=1))
+    else:
+        for w in report["warnings"]:
+            click.echo(f"warning: {w}")
+        click.echo(format_report(report))
+    if report["errors"]:
+        raise click.ClickException(f"{report['errors']} clip(s) cannot be extracted (above)")
 
 
 @cli.command()
@@ -455,12 +552,16 @@ def export_h5(cache: str, out: Path):
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Class names file, one per line [default: from the file, else 0..K-1].",
 )
-def import_h5(h5: Path, cache: str, features: str, labels: str, classes: Path | None):
-    """Make a cache from an HDF5 feature file (ours or another tool's)."""
+@click.option("--split", help="Split of every clip when the file has no `split` dataset [default: train].")
+def import_h5(h5: Path, cache: str, features: str, labels: str, classes: Path | None, split: str | None):
+    """Make a cache from an HDF5 feature file (ours or another tool's).
+
+    Each clip's split comes from a `split` dataset of strings in the file, else from --split.
+    """
     from .cache import import_h5 as run_import
 
     names = [ln.strip() for ln in classes.read_text().splitlines() if ln.strip()] if classes else None
-    c = run_import(h5, cache, features=features, labels=labels, class_names=names)
+    c = run_import(h5, cache, features=features, labels=labels, class_names=names, split=split)
     click.echo(f"imported {len(c)} clips {c.feature_shape} into {cache} (fingerprint {c.fingerprint})")
 
 

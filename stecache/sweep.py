@@ -292,7 +292,7 @@ def run_sweep(
             c0 = cfgs[0]
             train_split = _split(splits, cache, "train", c0.train_views, c0.ram_limit)
             T._check_classes(cache, train_split)
-            val_split = _split(splits, cache, "val", c0.test_views, c0.ram_limit)
+            val_split = _split(splits, cache, c0.val_split, c0.test_views, c0.ram_limit)
             held = sum(s.features.nbytes for s in splits.values() if s.in_ram)
             free = cap - held if torch.device(device).type == "cpu" else cap  # features share the RAM
             sizes = [estimate_bytes(c, cache.feature_shape, len(cache.class_names)) for c in cfgs]

@@ -51,6 +51,7 @@ class TrainConfig(Config):
     train_views: str = "all"  # "all": one random stored view (test or augmented) per clip per epoch; "first"
     test_views: str = "test"  # "test": average probabilities over the test views (mmaction2 'prob'); "first"
     ram_limit: str | None = None  # bytes (K/M/G suffix) a split may take in RAM; None: data.ram_limit()
+    val_split: str = "val"  # the split epochs are selected on (e.g. one `extract --val-from-train` made)
 
     def __post_init__(self):
         for key, ok in (("train_views", ("all", "first")), ("test_views", ("test", "first"))):
@@ -236,7 +237,7 @@ def train(
     limit = cfg.ram_limit
     train_split = D.load_split(cache, "train", views=cfg.train_views, limit=limit)
     _check_classes(cache, train_split)
-    val_split = D.load_split(cache, "val", views=cfg.test_views, limit=limit)
+    val_split = D.load_split(cache, cfg.val_split, views=cfg.test_views, limit=limit)
     if world > 1 and cfg.batch_size % world:
         raise TrainError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
 

@@ -59,9 +59,11 @@ def import_h5(
     labels: str = "labels",
     class_names: Sequence[str] | None = None,
     codec: str | None = None,
+    split: str | None = None,
 ) -> Cache:
     """Make a cache from an HDF5 feature file: `features` [N, n, c, h, w] (or [N, c] pooled), `labels`
-    [N] class index or [N, K] multi-hot; optional `clip_id`, `split`, `done`, `error`, `views` datasets."""
+    [N] class index or [N, K] multi-hot; optional `clip_id`, `split`, `done`, `error`, `views` datasets.
+    Without a `split` dataset every clip is in `split` (default "train")."""
     import h5py
 
     from . import DEFAULT_CODEC, Row, create_cache
@@ -104,9 +106,11 @@ def import_h5(
                 return [default.format(i=i) for i in range(n)]
             return [s.decode() if isinstance(s, bytes) else str(s) for s in f[key][:]]
 
+        if split is not None and "split" in f:
+            raise StecacheError(f"{path}: has a 'split' dataset; drop --split {split} (or remove the dataset)")
         ids, splits, errors = (
             strings("clip_id", "row{i:06d}"),
-            strings("split", "train"),
+            strings("split", split or "train"),
             strings("error", ""),
         )
         done = np.asarray(f["done"][:], dtype=bool) if "done" in f else np.ones(n, dtype=bool)
