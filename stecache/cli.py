@@ -146,7 +146,8 @@ def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
               help="Also write the tables here [default: OUT/report].")  # fmt: skip
 @click.option("--val-split", default="val", show_default=True, help="Split heads are selected on.")
-def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, device, out, report_dir, val_split):
+def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, device, out, report_dir,
+           val_split):  # fmt: skip
     """Train a grid of heads (× seeds × settings) on CACHES in one pass per cache; select on val, test once.
 
     Resumable: finished runs (in OUT/results.jsonl) are skipped; an interrupted pass resumes its heads.

@@ -107,7 +107,7 @@ def import_h5(
             return [s.decode() if isinstance(s, bytes) else str(s) for s in f[key][:]]
 
         if split is not None and "split" in f:
-            raise StecacheError(f"{path}: has a 'split' dataset; drop --split {split} (or remove the dataset)")
+            raise StecacheError(f"{path}: has a 'split' dataset; drop --split {split} or remove the dataset")
         ids, splits, errors = (
             strings("clip_id", "row{i:06d}"),
             strings("split", split or "train"),
