@@ -37,10 +37,11 @@ def test_mmaction_single_label(tmp_path):
 
 def test_mmaction_multi_label_and_split_argument(tmp_path):
     f = write(tmp_path / "list.txt", "x.mp4 0 2\ny.mp4 1\n")
-    clips = read_annotations(f, "mmaction", data_root=tmp_path, classes=CLASSES, split="val", multi_label=True)
+    kw = dict(data_root=tmp_path, classes=CLASSES)
+    clips = read_annotations(f, "mmaction", split="val", multi_label=True, **kw)
     assert [c.labels for c in clips] == [(0, 2), (1,)] and {c.split for c in clips} == {"val"}
-    with pytest.raises(AnnotationError, match=r"list\.txt:1: 2 labels \(0 2\) in a single-label list; pass --multi"):
-        read_annotations(f, "mmaction", data_root=tmp_path, classes=CLASSES)
+    with pytest.raises(AnnotationError, match=r"list\.txt:1: 2 labels \(0 2\) in a single-label list; pass"):
+        read_annotations(f, "mmaction", **kw)
 
 
 def test_tinyvirat_json_with_class_map(tmp_path):
