@@ -133,14 +133,25 @@ def format_report(report: dict, limit: int = 30) -> str:
     splits = list(report["splits"])
     cols = ("clips", "ok", *ERRORS, *NOTES)
     lines = [f"{len(report['classes'])} classes ({'multi' if report['multi_label'] else 'single'}-label)"]
-    lines.append(f"{'split':<10}" + "".join(f"{c:>18}" for c in cols))
+    width = [max(len(c), 5) + 2 for c in cols]
+    lines.append(f"{'split':<10}" + "".join(f"{c:>{w}}" for c, w in zip(cols, width, strict=True)))
     for s in splits:
-        lines.append(f"{s:<10}" + "".join(f"{report['splits'][s].get(c, 0):>18}" for c in cols))
+        counts = [report["splits"][s].get(c, 0) for c in cols]
+        lines.append(f"{s:<10}" + "".join(f"{n:>{w}}" for n, w in zip(counts, width, strict=True)))
     lines.append(f"{'class':<32}" + "".join(f"{s:>10}" for s in splits))
+    empty = 0
     for k, name in enumerate(report["classes"]):
-        lines.append(f"{name[:31]:<32}" + "".join(f"{report['per_class'][s][k]:>10}" for s in splits))
-    for name in report["classes_without_train_clips"]:
-        lines.append(f"warning: class {name!r} has no training clip")
+        counts = [report["per_class"][s][k] for s in splits]
+        if any(counts):
+            lines.append(f"{name[:31]:<32}" + "".join(f"{n:>10}" for n in counts))
+        else:
+            empty += 1
+    if empty:
+        lines.append(f"({empty} classes have no clip in any split)")
+    missing = report["classes_without_train_clips"]
+    lines += [f"warning: class {name!r} has no training clip" for name in missing[:5]]
+    if len(missing) > 5:
+        lines.append(f"warning: ... and {len(missing) - 5} more classes have no training clip")
     for p in report["problems"][:limit]:
         lines.append(f"{p['status']:<18} {p['split']:<6} {p['clip_id']}: {p['detail']}")
     if len(report["problems"]) > limit:

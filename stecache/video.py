@@ -291,6 +291,8 @@ def segment_frames(path: str | Path, start: float | None, end: float | None) -> 
 def frame_files(folder: str | Path) -> list[Path]:
     """The image files of a frame folder, in name order (img_00001.jpg ... as mmaction2 writes them)."""
     files = sorted(f for f in Path(folder).iterdir() if f.suffix.lower() in FRAME_SUFFIXES and f.is_file())
+    if any(f.name.startswith("img_") for f in files):  # mmaction2's filename_tmpl; flow_x_... etc. beside
+        files = [f for f in files if f.name.startswith("img_")]
     if not files:
         raise EmptyVideo(f"{folder}: frame folder without images ({', '.join(FRAME_SUFFIXES)})")
     return files

@@ -33,6 +33,10 @@ def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classe
         labels = tokens[k:]
         if (root / rel).is_dir() and len(labels) >= 2 and INDEX.fullmatch(labels[0]):
             labels = labels[1:]  # rawframes: 'frame_dir total_frames label'; frames are counted on disk
+            if len(labels) == 2 and not multi_label and INDEX.fullmatch(labels[0]):
+                raise err(path, i, "'frame_dir offset total_frames label' (mmaction2 with_offset) is not "
+                          "supported; cut the frames into their own folder, or pass --multi-label if "
+                          "the line is 'frame_dir total_frames label label'")  # fmt: skip
         if len(labels) > 1 and not multi_label:
             raise err(path, i, f"{len(labels)} labels ({' '.join(labels)}) in a single-label list; "
                       "pass --multi-label if clips may carry several labels")  # fmt: skip

@@ -284,8 +284,11 @@ class Cache:
             counts = [int(labels[self.split == s, k].sum()) for s in splits]
             lines.append(f"{name[:23]:<24}" + "".join(f"{c:>8}" for c in counts))
         if "train" in splits:
-            for k in np.flatnonzero(labels[self.split == "train"].sum(0) == 0):
+            missing = np.flatnonzero(labels[self.split == "train"].sum(0) == 0)
+            for k in missing[:5]:
                 lines.append(f"{'warning':<13} class {self.class_names[k]!r} has no training clip")
+            if len(missing) > 5:
+                lines.append(f"{'warning':<13} ... and {len(missing) - 5} more classes have no training clip")
         partial = self.partial
         for i in np.flatnonzero(partial != "")[:20]:
             lines.append(f"{'partial':<13} row {i} {self.clip_id[i]}: {partial[i]}")
