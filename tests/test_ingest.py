@@ -589,3 +589,26 @@ def test_every_stored_label_is_the_index_of_its_true_class_name(tmp_path_factory
     assert stored == truth
     if given_classes is None:
         assert c.class_names == tuple(sorted({n for names in subsets for n in names}))
+
+
+def test_train_head_selects_on_the_split_named_by_val_split(tmp_path):
+    from stecache import train as T
+    from stecache.cache import Row
+    from stecache.errors import EmptySplit
+
+    splits = ["train"] * 8 + ["holdout"] * 4 + ["test"] * 4
+    rows = [Row(f"c{i}", (i % 2,), s) for i, s in enumerate(splits)]
+    url = str(tmp_path / "c.zarr")
+    c = create_cache(url, clips=rows, class_names=("a", "b"), multi_label=False, feature_shape=(1, 4, 1, 1),
+                     num_views=1, provenance={})  # fmt: skip
+    x = np.zeros((16, 1, 4, 1, 1), np.float32)
+    x[:, 0, 0, 0, 0] = [i % 2 for i in range(16)]
+    c.write_shard(0, x, None, np.ones(16, bool), [""] * 16)
+    with pytest.raises(EmptySplit, match="'val'"):
+        T.train(T.TrainConfig(head="meanfc", epochs=1), url, runs_root=tmp_path, progress=False)
+    r = CliRunner().invoke(cli, ["train-head", "--head", "meanfc", "--cache", url, "--epochs", "1",
+                                 "--val-split", "holdout", "--runs", str(tmp_path / "runs")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    run = next((tmp_path / "runs").glob("*/config.json")).parent
+    assert json.loads((run / "config.json").read_text())["config"]["val_split"] == "holdout"
+    assert json.loads((run / "metrics.json").read_text())["val_clips"] == 4  # the 4 holdout clips
