@@ -1,9 +1,10 @@
 """Ingestion: check-data probe throughput, segment decoding cost, and the plain-clip load path.
 
 1. `check-data` probes (open, header, packet count, first frame) vs decoding every frame, clips/s, 2 workers,
-   on the synthetic dataset.
-2. A 2 s segment of a 10-minute H.264 video (160x120, 25 fps, x264's default GOP of 250 frames): decoded
-   after a seek, vs decoding from the start up to the segment, vs sampling the whole video.
+   on 16 H.264 clips of 8 s at 320x240.
+2. The 16 sampled frames of a 2 s segment of a 10-minute H.264 video (160x120, 25 fps, x264's default GOP of
+   250 frames): decoded after a seek, vs decoding from the start up to the segment, vs 16 frames spread
+   over the whole video.
 3. A plain clip (no segment, no box) through the new `load_clip` vs the former path (count, sample, decode,
    stack, preprocess), to show the robustness work costs nothing per clip.
 All interleaved A/B, medians. Run: `python -m bench ingest`.
@@ -20,18 +21,18 @@ import numpy as np
 
 from bench.common import interleave, machine_line, median, write_section
 
-FPS, MINUTES, SEGMENT = 25, 10, (300.0, 302.0)
+FPS, MINUTES, SEGMENT, N_PROBE = 25, 10, (300.0, 302.0), 16
 
 
-def long_video(path: Path) -> Path:
-    """A 10-minute H.264 file whose frames change every frame (grey ramp + moving bar)."""
+def long_video(path: Path, seconds: float = 60 * MINUTES, size=(120, 160)) -> Path:
+    """An H.264 file whose frames change every frame (grey ramp + moving bar)."""
     import av
 
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=FPS, options={"preset": "ultrafast"})
-        s.width, s.height, s.pix_fmt = 160, 120, "yuv420p"
-        base = np.zeros((120, 160, 3), np.uint8)
-        for i in range(FPS * 60 * MINUTES):
+        s.width, s.height, s.pix_fmt = size[1], size[0], "yuv420p"
+        base = np.zeros((*size, 3), np.uint8)
+        for i in range(int(FPS * seconds)):
             f = base.copy()
             f[:] = i % 200
             f[:, (i * 3) % 150 : (i * 3) % 150 + 10] = 255
@@ -50,24 +51,26 @@ def _decode_all(path: str) -> int:
 def main(rounds: int = 3) -> None:
     import torch
 
-    from stecache.annotations import load_dataset_dir
+    from stecache.annotations import load_dataset
     from stecache.checkdata import check_data
-    from stecache.synth import synthesize
     from stecache.video import (
         Preprocess,
         Sampling,
         count_frames,
         decode_frames,
         frame_indices,
-        iter_frames,
         load_clip,
         preprocess_frames,
+        segment_frames,
     )
 
     tmp = Path(tempfile.mkdtemp())
     try:
-        synthesize(tmp / "synth", n_clips=64, seed=0)
-        ds = load_dataset_dir(tmp / "synth")
+        for i in range(N_PROBE):  # 8 s 320x240 clips: what a user's dataset holds
+            long_video(tmp / "clips" / f"c{i:02d}.mp4", seconds=8, size=(240, 320))
+        lst = tmp / "train.txt"
+        lst.write_text("".join(f"clips/c{i:02d}.mp4 {i % 2}\n" for i in range(N_PROBE)))
+        ds = load_dataset([("train", lst)], tmp)
         paths = [str(ds.root / c.path) for c in ds.clips]
         video = long_video(tmp / "long.mp4")
         sampling, pre = Sampling("uniform", clip_len=16), Preprocess(112, 112)
@@ -76,9 +79,9 @@ def main(rounds: int = 3) -> None:
             with ProcessPoolExecutor(2) as pool:
                 return sum(pool.map(_decode_all, paths, chunksize=8))
 
-        def from_zero():
-            s, e = SEGMENT
-            return sum(1 for _ in iter_frames(video, range(int(e * FPS))))  # decode 0 .. end of the segment
+        seg_idx = frame_indices(sampling, segment_frames(video, *SEGMENT)).reshape(-1)  # 16 of the 50
+        whole_idx = frame_indices(sampling, count_frames(video)).reshape(-1)  # 16 of the 15000
+        first = int(SEGMENT[0] * FPS)
 
         def old_load(path):  # the former load_clip: count, sample, decode, stack, preprocess
             total = count_frames(path)
@@ -87,14 +90,14 @@ def main(rounds: int = 3) -> None:
             x = preprocess_frames(decode_frames(path, uniq), 1, pre)
             return x[:, :, torch.as_tensor(inverse)]
 
-        plain = paths[:16]
+        plain = [str(p) for p in sorted((tmp / "clips").iterdir())][:8]
         t = interleave(
             {
                 "probe": lambda: check_data(ds, workers=2),
                 "decode all": decode_every_frame,
-                "segment seek": lambda: load_clip(video, sampling, pre, start=SEGMENT[0], end=SEGMENT[1]),
-                "segment from 0": from_zero,
-                "whole video": lambda: load_clip(video, sampling, pre),
+                "segment seek": lambda: decode_frames(video, seg_idx, *SEGMENT),
+                "segment from 0": lambda: decode_frames(video, seg_idx + first),  # decode 0 .. the segment
+                "whole video": lambda: decode_frames(video, whole_idx),
                 "load new": lambda: [load_clip(p, sampling, pre) for p in plain],
                 "load old": lambda: [old_load(p) for p in plain],
             },
@@ -102,6 +105,9 @@ def main(rounds: int = 3) -> None:
         )
         for p in plain[:4]:  # same tensors: the new path changes no value
             torch.testing.assert_close(load_clip(p, sampling, pre), old_load(p), rtol=0, atol=0)
+        np.testing.assert_array_equal(
+            decode_frames(video, seg_idx, *SEGMENT), decode_frames(video, seg_idx + first)
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     canary = median(t.pop("_canary_gflops"))
@@ -132,16 +138,17 @@ def main(rounds: int = 3) -> None:
         (
             "plain clips, new load_clip",
             "load new",
-            f"{16 / m['load new']:,.1f} clips/s",
+            f"{len(plain) / m['load new']:,.1f} clips/s",
             f"{m['load new'] / m['load old']:.3f}× time",
         ),
-        ("plain clips, former path", "load old", f"{16 / m['load old']:,.1f} clips/s", "1"),
+        ("plain clips, former path", "load old", f"{len(plain) / m['load old']:,.1f} clips/s", "1"),
     ]
     table = "\n".join(f"| {a} | {m[k]:.3f} | {r} | {x} |" for a, k, r, x in rows)
     body = (
-        f"Probe vs decode: {n} synthetic clips, 2 worker processes. Segment: {seg:.0f} s at "
-        f"{SEGMENT[0]:.0f} s of a {MINUTES}-minute 160x120 H.264 video ({FPS * 60 * MINUTES} frames, "
-        f"GOP 250), 16 frames sampled, 112² crops. Plain clips: 16 synthetic clips through `load_clip`. "
+        f"Probe vs decode: {n} H.264 clips of 8 s at 320x240, 2 worker processes. Segment: decoding the 16 "
+        f"sampled frames of {seg:.0f} s at {SEGMENT[0]:.0f} s of a {MINUTES}-minute 160x120 H.264 video "
+        f"({FPS * 60 * MINUTES} frames, GOP 250) vs 16 frames spread over the whole video. Plain clips: "
+        f"{len(plain)} of the 8 s clips through `load_clip` (112² crops). "
         f"Medians of {rounds} interleaved rounds; {machine_line()}, canary {canary:.1f} GFLOP/s.\n\n"
         "| measurement | median s | rate | ratio |\n|---|---:|---:|---:|\n" + table + "\n\n"
         "The segment's cost follows the segment (a seek lands on the keyframe before it, then at most "

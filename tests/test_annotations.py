@@ -208,7 +208,10 @@ def hyp_dir(tmp_path_factory) -> Path:
 
 
 def _check_only_annotation_errors(root: Path, data: bytes) -> None:
-    for fmt, name in [("mmaction", "a.txt"), ("tinyvirat", "a.json"), ("csv", "a.csv")]:
+    (root / "classInd.txt").write_text("1 a\n2 b\n")
+    formats = [("mmaction", "a.txt"), ("tinyvirat", "a.json"), ("csv", "a.csv"), ("ssv2", "b.json")]
+    formats += [("ucf101", "trainlist01.txt"), ("hmdb51", "x_test_split1.txt")]
+    for fmt, name in formats:
         f = root / name
         f.write_bytes(data)
         for classes in (None, CLASSES):

@@ -18,6 +18,8 @@ MARK = {"1": "train", "2": "test"}
 
 def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classes=None) -> Parsed:
     """Read every class file of one HMDB51 split."""
+    if not path.is_dir() and not NAME.fullmatch(path.name):
+        raise AnnotationError(f"{path}: not an HMDB51 split file (<class>_test_split<N>.txt) or their folder")
     folder, number = (path, None) if path.is_dir() else (path.parent, NAME.fullmatch(path.name).group(2))
     files = sorted(f for f in folder.iterdir() if NAME.fullmatch(f.name))
     if not files:

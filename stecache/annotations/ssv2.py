@@ -33,7 +33,8 @@ def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classe
         ):
             raise err(path, line, f"record {k}: expected an object with an 'id'")
         vid = str(rec["id"])
-        rel = safe_relpath(vid if (root / vid).is_dir() else f"{vid}.webm", path, line)
+        rel = safe_relpath(vid, path, line)
+        rel = rel if (root / rel).is_dir() else f"{rel}.webm"
         names: tuple[str, ...] = ()
         if "template" in rec or "label" in rec:
             t = rec.get("template", rec.get("label"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .common import Entry, Parsed, err, read_text, safe_relpath
+from .common import INDEX, Entry, Parsed, err, read_text, safe_relpath
 
 NAME = re.compile(r"(train|test)list0?\d+\.txt", re.IGNORECASE)
 
@@ -21,7 +21,7 @@ def read_class_index(path: Path) -> tuple[str, ...]:
         if not raw.strip():
             continue
         parts = raw.split()
-        if len(parts) != 2 or not parts[0].isdigit():
+        if len(parts) != 2 or not INDEX.fullmatch(parts[0]):
             raise err(path, i, f"expected 'index name', got {raw.strip()!r}")
         pairs.append((int(parts[0]), parts[1]))
     if sorted(k for k, _ in pairs) != list(range(1, len(pairs) + 1)):
@@ -44,7 +44,7 @@ def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classe
             continue
         rel = safe_relpath(parts[0], path, i)
         if len(parts) == 2:
-            if not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(names):
+            if not INDEX.fullmatch(parts[1]) or not 1 <= int(parts[1]) <= len(names):
                 raise err(path, i, f"class index {parts[1]!r} not in 1..{len(names)} of {cind}")
             name = names[int(parts[1]) - 1]
         elif len(parts) == 1:
