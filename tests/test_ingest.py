@@ -612,3 +612,14 @@ def test_train_head_selects_on_the_split_named_by_val_split(tmp_path):
     run = next((tmp_path / "runs").glob("*/config.json")).parent
     assert json.loads((run / "config.json").read_text())["config"]["val_split"] == "holdout"
     assert json.loads((run / "metrics.json").read_text())["val_clips"] == 4  # the 4 holdout clips
+
+
+def test_val_from_train_is_recorded_in_the_cache_provenance(tmp_path, clip_mp4, fake_backbone):
+    link_videos(tmp_path, [f"v{i}.mp4" for i in range(6)], clip_mp4)
+    lst = write(tmp_path / "train.txt", "".join(f"v{i}.mp4 {i % 2}\n" for i in range(6)))
+    ds = dataset_from_annotations([("train", lst)], tmp_path, val_from_train=0.34, seed=3)
+    extract(ds, tmp_path / "c.zarr", fake_backbone, cfg=CFG)
+    c = open_cache(tmp_path / "c.zarr")
+    assert c.attrs["val_from_train"] == {"fraction": 0.34, "seed": 3, "val": 2, "method": "stratified"}
+    assert sorted(c.split.tolist()) == ["train"] * 4 + ["val"] * 2
+    assert sorted(c.label_index()[c.split == "val"].tolist()) == [0, 1]  # one per class: stratified
