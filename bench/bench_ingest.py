@@ -66,6 +66,7 @@ def main(rounds: int = 3) -> None:
 
     tmp = Path(tempfile.mkdtemp())
     try:
+        (tmp / "clips").mkdir()
         for i in range(N_PROBE):  # 8 s 320x240 clips: what a user's dataset holds
             long_video(tmp / "clips" / f"c{i:02d}.mp4", seconds=8, size=(240, 320))
         lst = tmp / "train.txt"

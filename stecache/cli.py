@@ -409,7 +409,7 @@ def _dataset_options(f):
     type=click.IntRange(0),
     help="Also store K augmented views per clip (random frames, crop, flip).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the augmented views.")
+@click.option("--seed", default=0, show_default=True, help="Seed of augmented views and --val-from-train.")
 @click.option(
     "--codec",
     type=click.Choice(CODEC_NAMES),
@@ -492,8 +492,10 @@ def extract(
               help="Dataset folder as `stecache synth` writes it [default: work/synth].")  # fmt: skip
 @click.option("--annotations", multiple=True, callback=_split_files, metavar="[SPLIT=]FILE",
               help="As for extract.")  # fmt: skip
-@click.option("--data-root", multiple=True, callback=_data_roots, metavar="[SPLIT=]DIR", help="As extract.")
-@click.option("--classes", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="As extract.")
+@click.option("--data-root", multiple=True, callback=_data_roots, metavar="[SPLIT=]DIR",
+              help="As for extract.")  # fmt: skip
+@click.option("--classes", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="As for extract.")  # fmt: skip
 @_dataset_options
 @click.option("--seed", default=0, show_default=True, help="Seed of --val-from-train.")
 @click.option("--workers", type=click.IntRange(0), help="Probe processes [default: min(2, cpus)].")
