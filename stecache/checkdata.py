@@ -84,7 +84,8 @@ def _check_one(job: tuple) -> dict:
     if info["broken"]:
         status, detail = "partial", info["broken"]
     elif info["header_frames"] > info["frames"] > 0:
-        status, detail = "header_overstates", f"header says {info['header_frames']}, {info['frames']} frames"
+        status = "header_overstates"
+        detail = f"header says {info['header_frames']} frames, stream has {info['frames']} (or a cut file)"
     if (start is not None or end is not None) and info["duration"] is not None:
         if (start or 0) >= info["duration"] or (end is not None and end > info["duration"] + 0.5):
             status = "segment_outside"

@@ -317,7 +317,7 @@ def _data_roots(ctx, param, values: tuple[str, ...]) -> dict | None:
     return out or None
 
 
-def _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed):
+def _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed, fmt=None):
     """The Dataset extract / check-data read: --annotations + --data-root, else a `stecache synth` folder."""
     from .annotations import load_dataset_dir
     from .annotations import val_from_train as hold_out
@@ -326,8 +326,9 @@ def _dataset(data, annotations, data_root, classes, multi_label, val_from_train,
     if annotations:
         if data is not None or data_root is None:
             raise click.UsageError("--annotations needs --data-root DIR and no --data")
-        return dataset_from_annotations(annotations, data_root, classes, multi_label, val_from_train, seed)
-    if data_root is not None or classes is not None or multi_label:
+        return dataset_from_annotations(annotations, data_root, classes, multi_label, val_from_train, seed,
+                                        fmt)  # fmt: skip
+    if data_root is not None or classes is not None or multi_label or fmt:
         raise click.UsageError("--data-root/--classes/--multi-label go with --annotations SPLIT=FILE")
     if data is None:
         data = Path("work/synth")
@@ -340,6 +341,7 @@ def _dataset(data, annotations, data_root, classes, multi_label, val_from_train,
     return hold_out(dataset, val_from_train, seed) if val_from_train else dataset
 
 
+ANNOTATION_FORMATS = ("csv", "folder", "hmdb51", "mmaction", "ssv2", "tinyvirat", "ucf101")  # = READERS
 _DATASET_OPTIONS = [
     click.option(
         "--multi-label", is_flag=True, help="mmaction2 list clips may carry several labels (multi_class)."
@@ -348,6 +350,11 @@ _DATASET_OPTIONS = [
         "--val-from-train",
         type=click.FloatRange(0, 1, min_open=True, max_open=True),
         help="Hold out this stratified, seeded (--seed) fraction of train as split 'val'.",
+    ),
+    click.option(
+        "--annotation-format",
+        type=click.Choice(ANNOTATION_FORMATS),
+        help="Format of every --annotations file [default: detected from each file].",
     ),
 ]
 
@@ -433,6 +440,7 @@ def extract(
     classes,
     multi_label,
     val_from_train,
+    annotation_format,
     cache_url,
     batch_size,
     workers,
@@ -455,7 +463,8 @@ def extract(
     from .extract import ExtractConfig, default_cache_path, remember_cache
     from .extract import extract as run_extract
 
-    dataset = _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed)
+    dataset = _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed,
+                       annotation_format)  # fmt: skip
     cache_url = cache_url or str(default_cache_path(backbone))
     cfg = ExtractConfig(
         batch_size=batch_size,
@@ -500,7 +509,8 @@ def extract(
 @click.option("--seed", default=0, show_default=True, help="Seed of --val-from-train.")
 @click.option("--workers", type=click.IntRange(0), help="Probe processes [default: min(2, cpus)].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def check_data(data, annotations, data_root, classes, multi_label, val_from_train, seed, workers, fmt):
+def check_data(data, annotations, data_root, classes, multi_label, val_from_train, annotation_format, seed,
+               workers, fmt):  # fmt: skip
     """Dry run of extract: parse the annotations, resolve every path, probe every video; exit 1 on errors.
 
     Reports per split and class: counts, duplicates, missing, undecodable, partial, paths escaping the data
@@ -513,7 +523,8 @@ def check_data(data, annotations, data_root, classes, multi_label, val_from_trai
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dataset = _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed)
+        dataset = _dataset(data, annotations, data_root, classes, multi_label, val_from_train, seed,
+                           annotation_format)  # fmt: skip
     report = run_check(dataset, workers)
     report["warnings"] = [str(w.message) for w in caught]
     if fmt == "json":

@@ -412,12 +412,13 @@ def dataset_from_annotations(
     multi_label: bool = False,
     val_from_train: float | None = None,
     seed: int = 0,
+    fmt: str | None = None,
 ) -> Dataset:
     """A Dataset from annotation files ({split: file} or [(split or None, file)]) and a data root (or
     {split: root}, key None = default); one class list over all splits; optionally a held-out val."""
     from .annotations import val_from_train as hold_out
 
-    ds = load_dataset(annotations, data_root, classes=classes, multi_label=multi_label)
+    ds = load_dataset(annotations, data_root, classes=classes, multi_label=multi_label, fmt=fmt)
     return hold_out(ds, val_from_train, seed) if val_from_train else ds
 
 

@@ -623,3 +623,17 @@ def test_val_from_train_is_recorded_in_the_cache_provenance(tmp_path, clip_mp4, 
     assert c.attrs["val_from_train"] == {"fraction": 0.34, "seed": 3, "val": 2, "method": "stratified"}
     assert sorted(c.split.tolist()) == ["train"] * 4 + ["val"] * 2
     assert sorted(c.label_index()[c.split == "val"].tolist()) == [0, 1]  # one per class: stratified
+
+
+def test_annotation_format_can_be_named_and_the_table_matches_the_readers(tmp_path, clip_mp4):
+    from stecache.annotations import READERS
+    from stecache.cli import ANNOTATION_FORMATS
+
+    assert ANNOTATION_FORMATS == tuple(sorted(READERS))
+    link_videos(tmp_path, ["a.mp4"], clip_mp4)
+    f = write(tmp_path / "list.data", "a.mp4 0\n")  # a suffix that tells nothing
+    args = ["check-data", "--annotations", f"train={f}", "--data-root", str(tmp_path), "--workers", "0"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and "cannot tell the format" in r.output
+    r = CliRunner().invoke(cli, [*args, "--annotation-format", "mmaction"])
+    assert r.exit_code == 0, r.output
