@@ -98,7 +98,8 @@ def _check_one(job: tuple) -> dict:
 def check_data(dataset: Dataset, workers: int | None = None) -> dict:
     """Probe every clip of `dataset` in `workers` processes; a JSON-able report (see module docstring)."""
     jobs = [(str(dataset.root_of(c)), c.path, c.start, c.end, c.box) for c in dataset.clips]
-    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    if workers is None:  # starting processes costs more than probing a few dozen clips (BENCHMARKS.md)
+        workers = min(2, os.cpu_count() or 1) if len(jobs) >= 64 else 0
     if workers > 0 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_check_one, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
