@@ -507,7 +507,7 @@ def extract(
               help="As for extract.")  # fmt: skip
 @_dataset_options
 @click.option("--seed", default=0, show_default=True, help="Seed of --val-from-train.")
-@click.option("--workers", type=click.IntRange(0), help="Probe processes [default: min(2, cpus); none under 64 clips].")
+@click.option("--workers", type=click.IntRange(0), help="Probe processes [default: 2; 0 under 64 clips].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def check_data(data, annotations, data_root, classes, multi_label, val_from_train, annotation_format, seed,
                workers, fmt):  # fmt: skip
