@@ -637,3 +637,19 @@ def test_annotation_format_can_be_named_and_the_table_matches_the_readers(tmp_pa
     assert r.exit_code == 1 and "cannot tell the format" in r.output
     r = CliRunner().invoke(cli, [*args, "--annotation-format", "mmaction"])
     assert r.exit_code == 0, r.output
+
+
+def test_cli_data_root_per_split(tmp_path, clip_mp4):
+    link_videos(tmp_path / "a", ["x.mp4"], clip_mp4)
+    link_videos(tmp_path / "b", ["y.mp4"], clip_mp4)
+    tr, va = write(tmp_path / "train.txt", "x.mp4 0\n"), write(tmp_path / "val.txt", "y.mp4 0\n")
+    args = ["check-data", "--annotations", f"train={tr}", "--annotations", f"val={va}", "--format", "json"]
+    r = CliRunner().invoke(cli, [*args, "--data-root", str(tmp_path / "a")])
+    assert (
+        r.exit_code == 1 and json.loads(r.output[: r.output.rindex("}") + 1])["splits"]["val"]["missing"] == 1
+    )
+    r = CliRunner().invoke(
+        cli, [*args, "--data-root", str(tmp_path / "a"), "--data-root", f"val={tmp_path / 'b'}"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["splits"] == {"train": {"clips": 1, "ok": 1}, "val": {"clips": 1, "ok": 1}}
