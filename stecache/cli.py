@@ -300,7 +300,7 @@ def _split_files(ctx, param, values: tuple[str, ...]) -> list[tuple[str | None, 
         if (sep and not split) or not file:
             raise click.BadParameter(f"{v!r}: expected SPLIT=FILE or FILE, e.g. train=lists/train.txt")
         if not Path(file).exists():
-            raise click.BadParameter(f"{v!r}: {file} does not exist")
+            raise click.BadParameter(f"{v!r}: {file} does not exist (expected SPLIT=FILE or FILE)")
         out.append((split, Path(file)))
     return out
 
