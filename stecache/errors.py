@@ -71,3 +71,11 @@ class ExtractionFailed(StecacheError):
 
 class RunError(StecacheError):
     """A run folder that cannot be used (not a trained run, unreadable config)."""
+
+
+class RunBusy(StecacheError):
+    """Another process is writing this run folder or sweep --out (it holds the folder's .lock)."""
+
+
+class NonFiniteLoss(TrainError):
+    """A training loss became NaN or inf: the message names the epoch, batch and clip ids."""
