@@ -492,11 +492,17 @@ def read_run(run: str | Path) -> dict:
     cfg_file, weights = run / "config.json", run / "best.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
         raise RunError(f"{run}: not a trained run (needs config.json and best.safetensors from train-head)")
-    try:
+    try:  # validated before anything else in the folder is read
         rec = json.loads(cfg_file.read_text())
-        rec["config"], rec["cache"]  # noqa: B018 - the keys every run has
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise RunError(f"{cfg_file}: not a run config ({type(e).__name__}: {e})") from None
+        TrainConfig.from_dict(rec["config"])  # strict: unknown keys and bad values are errors
+        if not (isinstance(rec["cache"]["url"], str) and isinstance(rec["cache"]["fingerprint"], str)):
+            raise TypeError("cache url and fingerprint must be strings")
+        attrs = rec.get("cache_attrs")
+        if attrs and not (isinstance(attrs, dict) and isinstance(attrs.get("class_names"), list)
+                          and isinstance(attrs.get("feature_shape"), list)):  # fmt: skip
+            raise TypeError("cache_attrs needs class_names and feature_shape lists")
+    except (ValueError, KeyError, TypeError, StecacheError) as e:
+        raise RunError(f"{cfg_file}: not a run config ({type(e).__name__}: {str(e)[:150]})") from None
     if not rec.get("cache_attrs"):
         from .cache import open_cache
 
@@ -513,7 +519,12 @@ def load_head(run: str | Path, rec: dict | None = None, device: str | torch.devi
     head = build_head(
         cfg.head, tuple(attrs["feature_shape"]), len(attrs["class_names"]), cfg.depth, **cfg.head_options
     )
-    head.load_state_dict(load_file(str(Path(run) / "best.safetensors")))
+    weights = Path(run) / "best.safetensors"
+    try:
+        head.load_state_dict(load_file(str(weights)))  # safetensors: data only; shapes checked by torch
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file, whatever the parser says
+        why = f"{type(e).__name__}: {str(e)[:120]}"
+        raise RunError(f"{weights}: not this run's head weights ({why})") from None
     return head.requires_grad_(False).eval().to(device)
 
 
