@@ -194,8 +194,8 @@ def save_epoch(out: Path, head, opt, rng, epoch: int, best: float, best_epoch: i
     claims the epoch done (a kill before it redoes the epoch and rewrites the same log)."""
     _save("".join(json.dumps(h) + "\n" for h in history), out / "log.jsonl")
     _save(head.state_dict(), out / "last.safetensors")
-    meta = {"run": fingerprint(identity), "epoch": epoch + 1, "best": best, "best_epoch": best_epoch,
-            "history": history}  # fmt: skip
+    meta = {"run": fingerprint(_identity(identity)), "epoch": epoch + 1, "best": best,
+            "best_epoch": best_epoch, "history": history}  # fmt: skip
     runio.save_state(out / RESUME_FILE, head, opt, rng, meta, cuda_rng)
 
 
@@ -366,9 +366,12 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextl
 
 
 def _identity(record: dict) -> tuple:
-    """(config, cache fingerprint) of a run record: what a resumed run must share with the folder's."""
+    """(config, cache fingerprint) of a run record: what a resumed run must share with the folder's.
+    `ram_limit` is left out: results do not depend on it (one batch order in RAM and streamed)."""
     fp = record.get("cache_fingerprint") or (record.get("cache") or {}).get("fingerprint")
-    return record.get("config"), fp
+    config = record.get("config")
+    config = {k: v for k, v in config.items() if k != "ram_limit"} if isinstance(config, dict) else config
+    return config, fp
 
 
 def write_run_config(out: Path, cfg: TrainConfig, cache, failed: int, world: int = 1) -> None:
@@ -385,7 +388,7 @@ def restore(ckpt: Path, head, opt, identity: dict, cfg: TrainConfig, cuda: bool 
     """Validate the resume checkpoint `ckpt` (this run's, shapes of this head and optimiser, a consistent
     history), then load it into head and optimiser; (rng state, history, best, best_epoch, epoch), plus
     the CUDA rng state when `cuda`."""
-    st = runio.load_state(ckpt, head, opt, {"run": fingerprint(identity)})
+    st = runio.load_state(ckpt, head, opt, {"run": fingerprint(_identity(identity))})
     m = st["meta"]
     epoch, hist, best, best_epoch = m.get("epoch"), m.get("history"), m.get("best"), m.get("best_epoch")
     ok = (
@@ -416,7 +419,9 @@ def _resume_state(out: Path, identity: dict, resume: bool | None) -> Path | None
     except (ValueError, UnicodeDecodeError) as e:
         raise TrainError(f"{cfg_file}: not a run config ({e}); use another --out or delete it") from None
     if _identity(old) != _identity(identity):
-        diff = sorted(k for k in identity["config"] if old.get("config", {}).get(k) != identity["config"][k])
+        new_cfg, old_cfg = _identity(identity)[0], _identity(old)[0]
+        old_cfg = old_cfg if isinstance(old_cfg, dict) else {}
+        diff = sorted(k for k in new_cfg if old_cfg.get(k) != new_cfg[k])
         what = f"config keys {diff}" if diff else "the cache"
         raise TrainError(f"{out} holds another run ({what} differ); use another --name/--out or delete it")
     if not ckpt.exists():
