@@ -6,7 +6,8 @@ streamed: shards in shuffled order, rows shuffled within a buffer of a few shard
 row order so reads stay sequential inside shards. Which mode was chosen is logged. The epoch's row list
 (a permutation, or a class-balanced weighted draw) depends only on (seed, epoch), and its shard-aware
 reshuffle only on the seed and the cache's shard size — never on the mode or the RAM limit — so a run gives
-the same batches in RAM or streamed, resumed (in either mode) or distributed. A background thread prepares the next batch.
+the same batches in RAM or streamed, resumed (in either mode) or distributed. A background thread
+prepares the next batch.
 """
 
 from __future__ import annotations

@@ -555,7 +555,21 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
     probs = predict(head, data, multi)
     out = {"run": str(run_dir), "split": split, "clips": len(data), "class_names": c.class_names,
            "metrics": M.evaluate_probs(probs, data.targets(multi), multi)}  # fmt: skip
-    saved = run_dir / "metrics.json"
-    if multi and saved.exists() and "threshold" in (m := json.loads(saved.read_text())):
+    if multi and "threshold" in (m := read_metrics(run_dir)):
         out["tuned"] = M.evaluate_probs(probs, data.targets(multi), multi, m["threshold"])
     return out
+
+
+def read_metrics(run: str | Path) -> dict:
+    """A run's metrics.json ({} when absent); RunError when not JSON or its threshold is not in [0, 1]."""
+    path = Path(run) / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        m = json.loads(path.read_text())
+        t = m.get("threshold", 0.5)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise ValueError(f"threshold {t!r} is not in [0, 1]")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise RunError(f"{path}: not a run's metrics ({type(e).__name__}: {str(e)[:120]})") from None
+    return m
