@@ -125,7 +125,8 @@ def load_predictor(
 
     rec = read_run(run)
     attrs = rec["cache_attrs"]
-    if "backbone" not in attrs or not isinstance(attrs["backbone"], dict):
+    prov = attrs.get("backbone")
+    if not isinstance(prov, dict) or not {"sampling", "preprocess"} <= {*prov, *attrs}:  # toy or imported
         raise RunError(
             f"{run}: its cache records no backbone provenance (imported features?); cannot predict"
         )

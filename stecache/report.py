@@ -60,7 +60,7 @@ def load_results(path: str | Path) -> list[dict]:
     if not path.exists():
         raise ResultsError(f"{path}: no such results file (run `stecache ablate` first)")
     out = []
-    text = path.read_text()
+    text = path.read_bytes().decode("utf-8", errors="replace")  # binary garbage: "not JSON" on its line
     lines = text.splitlines()
     for i, line in enumerate(lines, 1):
         if not line.strip():

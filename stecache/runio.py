@@ -279,5 +279,5 @@ def load_state(path: Path, head, opt, expect_meta: dict) -> dict:
 
 def _bad(path: Path, why: str) -> TrainError:
     return TrainError(
-        f"{path}: not a resume checkpoint of this run: {why}; delete it (or use --no-resume) to start over"
+        f"{path}: not a resume checkpoint of this run: {why}; delete it to start the run over"
     )

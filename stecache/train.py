@@ -440,7 +440,7 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         what = M.main_metric(multi)
         raise TrainError(f"{out}: no epoch reached a finite val {what} with finite weights; nothing to test")
     head = make_head(cfg, cache).to(device)
-    head.load_state_dict(load_file(str(out / "best.safetensors")))
+    load_weights(head, out / "best.safetensors")
     val_probs = predict(head, val_split, multi, device=device)
     val = M.evaluate_probs(val_probs, val_split.targets(multi), multi)
     metrics = {"main_metric": M.main_metric(multi), "best_epoch": best_epoch, "epochs": cfg.epochs,
@@ -524,13 +524,17 @@ def load_head(run: str | Path, rec: dict | None = None, device: str | torch.devi
     head = build_head(
         cfg.head, tuple(attrs["feature_shape"]), len(attrs["class_names"]), cfg.depth, **cfg.head_options
     )
-    weights = Path(run) / "best.safetensors"
-    try:
-        head.load_state_dict(load_file(str(weights)))  # safetensors: data only; shapes checked by torch
-    except Exception as e:  # noqa: BLE001 - a damaged or foreign file, whatever the parser says
-        why = f"{type(e).__name__}: {str(e)[:120]}"
-        raise RunError(f"{weights}: not this run's head weights ({why})") from None
+    load_weights(head, Path(run) / "best.safetensors")
     return head.requires_grad_(False).eval().to(device)
+
+
+def load_weights(head, weights: Path) -> None:
+    """Load safetensors weights (data only, never code) into `head`; RunError if damaged or another head's."""
+    try:
+        head.load_state_dict(load_file(str(weights)))  # shapes and names checked by torch
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file, whatever the parser says
+        why = f"{type(e).__name__}: {str(e)[:120]}; delete the run to train it anew"
+        raise RunError(f"{weights}: not this run's head weights ({why})") from None
 
 
 def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None) -> dict:

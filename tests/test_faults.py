@@ -11,6 +11,7 @@ points tried and identical (printed with -s).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -33,7 +34,8 @@ from stecache import train as T
 from stecache.errors import NonFiniteLoss, RunBusy, TrainError
 
 CFG = dict(head="stemean", depth=1, epochs=3, batch_size=8, lr=0.05)  # stemean: dropout, so RNG state matters
-TIMING = {"seconds", "train_seconds", "data_wait_seconds", "run_dir"}
+# how the run was executed, not its result: wall-clock timings, folder, heads sharing its pass
+TIMING = {"seconds", "train_seconds", "data_wait_seconds", "run_dir", "heads_in_pass"}
 COUNTS: dict[str, list[int]] = {}  # name -> [points tried, identical]
 
 
@@ -108,7 +110,9 @@ def _same(a: dict, b: dict) -> bool:
     diff = [k for k in a if k not in tensors and a[k] != b[k]]
     if diff:
         return False
-    return all(a[t].keys() == b[t].keys() and all(torch.equal(a[t][k], b[t][k]) for k in a[t]) for t in tensors)
+    return all(
+        a[t].keys() == b[t].keys() and all(torch.equal(a[t][k], b[t][k]) for k in a[t]) for t in tensors
+    )
 
 
 def _tally(name: str, tried: int, same: int) -> None:
@@ -153,7 +157,7 @@ def test_kill_at_every_write_of_train_head_resumes_identical(toy, reference, tmp
 def test_ram_and_streamed_runs_and_resumes_across_modes_are_identical(
     toy, reference, tmp_path, monkeypatch, ram_then_stream
 ):
-    """Same command, any free memory: identical results, also when killed in one mode, resumed in the other."""
+    """Same command, any free memory: identical results, also killed in one mode and resumed in the other."""
     ref, _ = reference
     first, second = (None, "1") if ram_then_stream else ("1", None)
     out = tmp_path / "runs" / "run"
@@ -209,7 +213,7 @@ def _sweep_points(toy, tmp_path, monkeypatch, points) -> tuple[int, int]:
 
 
 def test_kill_at_some_writes_of_ablate_resumes_identical(toy, tmp_path, monkeypatch):
-    tried, same = _sweep_points(toy, tmp_path, monkeypatch, [1, 5, 13, 17])  # config, epoch 1, 2, finish
+    tried, same = _sweep_points(toy, tmp_path, monkeypatch, [1, 5, 17, 20])  # config, epochs 1 and 2, finish
     _tally("ablate (fast subset)", tried, same)
 
 
@@ -264,7 +268,9 @@ def test_two_writers_on_a_run_folder_or_sweep_out_are_refused(toy, tmp_path):
 
     run = tmp_path / "runs" / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, env=env, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE, env=env, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunBusy, match=rf"run folder is busy, pid {holder.pid} on .* is writing it"):
@@ -311,20 +317,25 @@ RUN_FILES = ("last.pt", T.RESUME_FILE, "best.safetensors", "last.safetensors", "
              "log.jsonl")  # fmt: skip
 
 
-def _one_line_or_ok(r, what: str) -> None:
+def _one_line_or_ok(r, what: str, progress: bool = False) -> None:
+    """Exit 0, or exit 1 with one line (the last, after progress lines if `progress`) and no traceback."""
     assert r.exception is None or isinstance(r.exception, SystemExit), (what, r.exception)
     assert "Traceback" not in r.output, what
     if r.exit_code:
-        assert r.exit_code == 1 and r.output.strip().count("\n") == 0, (what, r.output)
-        assert len(r.output) < 300, (what, r.output)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and (progress or len(lines) == 1), (what, r.output)
+        assert lines[-1].startswith("Error: ") and len(lines[-1]) < 300, (what, r.output)
 
 
 def test_malicious_pickle_in_a_run_folder_never_runs(toy, reference, tmp_path):
     from stecache.cli import cli
 
     marker = tmp_path / "PWNED"
-    evil = pickle.dumps({"x": Payload(marker)})
+    buf = io.BytesIO()
+    torch.save({"head": Payload(marker)}, buf)  # what a crafted last.pt looks like
+    evil = buf.getvalue()
     torch.load(_write(tmp_path / "probe.pt", evil), weights_only=False)  # the payload is live
+    pickle.loads(pickle.dumps(Payload(marker)))
     assert marker.exists()
     marker.unlink()
     runs = tmp_path / "runs"
@@ -344,7 +355,15 @@ def test_malicious_pickle_in_a_run_folder_never_runs(toy, reference, tmp_path):
             "evaluate": ["evaluate", str(run)],
             "predict": ["predict", str(run), str(video)],
             "export": ["export", str(run), "--head-only", "--out", str(tmp_path / "x" / "h.pt")],
-            "report": ["report", "--correlation", str(run), "--out", str(tmp_path / "rep"), "--max-clips", "4"],
+            "report": [
+                "report",
+                "--correlation",
+                str(run),
+                "--out",
+                str(tmp_path / "rep"),
+                "--max-clips",
+                "4",
+            ],
         }
         for what, args in commands.items():
             r = runner.invoke(cli, args)
@@ -370,7 +389,7 @@ def test_malicious_pickle_in_a_run_folder_never_runs(toy, reference, tmp_path):
         if results:
             (out / "results.jsonl").write_bytes(evil)
         r = runner.invoke(cli, abl)
-        _one_line_or_ok(r, "ablate")
+        _one_line_or_ok(r, "ablate", progress=True)
         assert not marker.exists(), "ablate ran code from its --out"
         tried += 1
     r = runner.invoke(cli, ["report", str(out / "results.jsonl"), "--out", str(tmp_path / "rep2")])
@@ -385,7 +404,7 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def test_damaged_resume_checkpoint_is_one_line(toy, reference, tmp_path):
-    """Truncated, garbage, another run's, a foreign safetensors: TrainError naming the file, nothing loaded."""
+    """Truncated, garbage, another run's, foreign safetensors: TrainError naming the file, nothing loaded."""
     from safetensors.torch import save_file
 
     runs = tmp_path / "runs"
@@ -496,7 +515,9 @@ def test_state_round_trip_is_exact(tmp_path):
         runio.load_state(tmp_path / "s.safetensors", head2, opt2, {"run": "y"})
     small = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Dropout(0.5), torch.nn.Linear(2, 2))
     with pytest.raises(TrainError, match="does not fit"):
-        runio.load_state(tmp_path / "s.safetensors", small, torch.optim.AdamW(small.parameters()), {"run": "x"})
+        runio.load_state(
+            tmp_path / "s.safetensors", small, torch.optim.AdamW(small.parameters()), {"run": "x"}
+        )
 
 
 def test_lock_is_released_when_the_holder_is_killed(tmp_path):
