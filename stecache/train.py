@@ -304,8 +304,10 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextl
     opt = make_optimizer(head, cfg)
     history, best, best_epoch, start = [], -math.inf, -1, 0
     if state is not None:
-        rng, history, best, best_epoch, start = restore(state, head, opt, identity, cfg)
+        rng, history, best, best_epoch, start, cuda_rng = restore(state, head, opt, identity, cfg, cuda=True)
         torch.set_rng_state(rng)
+        if cuda_rng is not None and torch.device(device).type == "cuda":  # dropout on the GPU
+            torch.cuda.set_rng_state(cuda_rng, device)
         log.info("resuming %s after epoch %d of %d", out, start, cfg.epochs)
     model = torch.nn.parallel.DistributedDataParallel(head) if world > 1 else head
     key = M.main_metric(multi)
@@ -354,7 +356,9 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextl
                 "data_wait_seconds": wait,
             }
             history.append(entry)
-            save_epoch(out, head, opt, torch.get_rng_state(), epoch, best, best_epoch, history, identity)
+            cuda_rng = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+            rng = torch.get_rng_state()
+            save_epoch(out, head, opt, rng, epoch, best, best_epoch, history, identity, cuda_rng)
             log.info("epoch %d: loss %.4f val %s %.4f", epoch + 1, entry["loss"], key, val[key])
     if rank != 0:
         torch.distributed.barrier()
