@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import RunBusy, TrainError
+from .errors import RunBusy, RunError, TrainError
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,10 @@ def append_record(path: Path, record: dict, same=None) -> bool:
     last line is cut off first; a last line that is whole JSON but lacks its newline gets the newline.
     """
     line = (json.dumps(record, default=str) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise RunError(f"{path}: cannot append the run's results ({e.strerror or e})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
@@ -150,17 +153,22 @@ def append_record(path: Path, record: dict, same=None) -> bool:
 def lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
     """Hold `<folder>/.lock` (created with the folder) and clean its temp files; RunBusy if held."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     key = str(folder.resolve())
     busy = f"{folder}: {what} is busy, {{}} is writing it; wait for it to finish or use another folder"
     if key in _HELD:  # never open the lock file twice in one process: closing it would drop the lock
         raise RunBusy(busy.format(f"this process (pid {os.getpid()})"))
-    with open(folder / ".lock", "a+") as f:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # never through a symlink (a crafted folder could aim it at a file we would truncate)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise RunError(f"{folder}: cannot create or lock this {what} ({e.strerror or e})") from None
+    with open(fd, "r+", errors="replace") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
+                raise RunError(f"{folder}: cannot lock this {what} ({e.strerror or e})") from None
             f.seek(0)
             raise RunBusy(busy.format(f.read().strip()[:100] or "another process")) from None
         f.seek(0)

@@ -291,6 +291,29 @@ def test_two_writers_on_a_run_folder_or_sweep_out_are_refused(toy, tmp_path):
     assert not runio._HELD
 
 
+def test_lock_file_symlink_and_unusable_folders_are_one_line(toy, tmp_path):
+    from stecache.cli import cli
+    from stecache.errors import RunError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "crafted").mkdir()
+    (tmp_path / "crafted" / ".lock").symlink_to(victim)
+    with pytest.raises(RunError, match="cannot create or lock"):
+        T.train(T.TrainConfig(**CFG), toy, tmp_path / "crafted", progress=False)
+    assert victim.read_text() == "precious"
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "results.jsonl").symlink_to(victim)
+    with pytest.raises(RunError, match="cannot append"):
+        T.train(T.TrainConfig(**CFG), toy, tmp_path / "runs" / "r", progress=False)
+    assert victim.read_text() == "precious"
+    for args in (["train-head", "--head", "meanfc", "--cache", toy, "--out", "/dev/null"],
+                 ["ablate", toy, "--heads", "meanfc", "--seeds", "0", "--out", str(victim)]):  # fmt: skip
+        r = CliRunner().invoke(cli, args)
+        _one_line_or_ok(r, args[0])
+        assert r.exit_code == 1 and "cannot create or lock" in r.output
+
+
 def test_stale_temp_files_are_cleaned_on_start(toy, tmp_path):
     run = tmp_path / "runs" / "run"
     run.mkdir(parents=True)
