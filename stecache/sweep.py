@@ -280,6 +280,12 @@ def run_sweep(
 ) -> list[dict]:  # fmt: skip
     """Train every job, grouped by cache, data key and memory; returns the metrics of the runs trained now.
     `out` and each run folder are locked while written (RunBusy for a second sweep on the same --out)."""
+    from .cache import open_cache
+
+    for url in dict.fromkeys(j.cache for j in jobs):  # a bad cache or --memory fails before --out exists
+        open_cache(url)
+    if memory is not None:
+        D.ram_limit(memory)
     with runio.lock(out, "sweep folder"):
         return _run_sweep(jobs, Path(out), memory, device, progress, echo)
 
