@@ -6,7 +6,8 @@ epochs, sampler, views) and, within a group, by a memory cap; each group is ONE 
 to every head, each with its own AdamW, lr schedule, loss and torch RNG stream (swapped in around its step),
 so a head trains exactly as `train.train` would alone. Run folders and the results.jsonl line are
 train.py's (same names, same `finish`: best epoch on val, test once). Finished runs are skipped; a killed
-group resumes from its heads' last.pt. Python: `run_sweep(plan(["c.zarr"], tables="I,II,III"), "runs/x")`.
+group resumes from its heads' resume.safetensors; --out and the run folders are locked while written.
+Python: `run_sweep(plan(["c.zarr"], tables="I,II,III"), "runs/x")`.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ from .errors import NonFiniteLoss, RunError, StecacheError, TrainError
 log = logging.getLogger(__name__)
 
 RESUME_FILE = "resume.safetensors"  # the resume checkpoint (safetensors + JSON header, see runio.py)
-# every file that only serves resuming (deleted once a run is finished); last.pt: pickle of stecache < 0.2,
-# never loaded
+# every file that only serves resuming (may go once a run is finished); last.pt: the pickle checkpoint of
+# older versions, never loaded
 RESUME_FILES = (RESUME_FILE, "last.pt")
 
 
