@@ -477,6 +477,22 @@ def test_one_nan_clip_stops_training_naming_it(tmp_path):
         S.run_sweep(jobs, tmp_path / "abl", progress=False, echo=lambda s: None)
 
 
+def test_a_head_with_non_finite_weights_is_never_best(toy, reference, tmp_path, monkeypatch):
+    ref, _ = reference
+    assert json.loads(ref["metrics"])["best_epoch"] == 1  # epoch 1 wins unless its weights are "non-finite"
+    acc = [e["val"]["acc1"] for e in ref["log"]]
+    want = 2 + int(np.argmax(acc[1:]))  # the best of the later epochs (first of equals)
+    calls = []
+    real = T.finite_weights
+    monkeypatch.setattr(T, "finite_weights", lambda h: real(h) and bool(calls.append(1) or len(calls) > 1))
+    m = T.train(T.TrainConfig(**CFG), toy, tmp_path / "r", progress=False)
+    assert m["best_epoch"] == want
+    calls.clear()
+    jobs = S.plan([toy], heads="stemean:1", seeds=[0], base={k: v for k, v in CFG.items() if k != "head"})
+    (res,) = S.run_sweep(jobs, tmp_path / "abl", progress=False, echo=lambda s: None)
+    assert res["best_epoch"] == want
+
+
 def test_non_finite_weights_are_never_best():
     head = torch.nn.Linear(2, 2)
     assert T.finite_weights(head)
