@@ -12,8 +12,10 @@ import hashlib
 import json
 from typing import Any
 
+from .errors import StecacheError
 
-class ConfigError(ValueError):
+
+class ConfigError(StecacheError, ValueError):
     """A config dict names an unknown key or a bad value."""
 
 
@@ -33,6 +35,17 @@ def _jsonable(obj: Any) -> Any:
 def fingerprint(obj: Any) -> str:
     """Short sha256 of an object's canonical JSON."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:16]
+
+
+def check_range(name: str, value: Any, lo, hi, kind: type) -> str | None:
+    """Why `value` is not a finite `kind` (int, or float: any real) in [lo, hi]; None when it is."""
+    ok = isinstance(value, int) if kind is int else isinstance(value, (int, float))
+    if not ok or isinstance(value, bool):
+        return f"{name} must be {'an integer' if kind is int else 'a number'}, not {value!r}"[:200]
+    if not (lo <= value <= hi):  # NaN fails every comparison
+        span = f"[{lo}, {hi}]" if kind is int else f"[{lo:g}, {hi:g}]"
+        return f"{name} must be in {span}, not {value!r}"[:200]
+    return None
 
 
 class Config:

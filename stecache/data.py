@@ -4,8 +4,10 @@ A split is loaded into RAM (kept fp16, converted per batch) when it fits under t
 half the available memory, or `STECACHE_RAM_LIMIT` (bytes, or with a K/M/G suffix) — otherwise it is
 streamed: shards in shuffled order, rows shuffled within a buffer of a few shards, each buffer read in
 row order so reads stay sequential inside shards. Which mode was chosen is logged. The epoch's row list
-(a permutation, or a class-balanced weighted draw) depends only on (seed, epoch), so a resumed or
-distributed run visits the same rows in the same order. A background thread prepares the next batch.
+(a permutation, or a class-balanced weighted draw) depends only on (seed, epoch), and its shard-aware
+reshuffle only on the seed and the cache's shard size — never on the mode or the RAM limit — so a run gives
+the same batches in RAM or streamed, resumed (in either mode) or distributed. A background thread
+prepares the next batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .errors import CacheIncomplete, EmptySplit, StecacheError
 log = logging.getLogger(__name__)
 
 BUFFER_SHARDS = 4  # shards shuffled together when streaming (fewer if the RAM limit is smaller)
+ORDER_SHARDS = 4  # shards whose rows one training order shuffles together, in RAM and streamed alike
 LOAD_ROWS = 256  # rows read per call when loading into RAM
 
 
@@ -179,9 +182,10 @@ def load_split(cache, split: str, views: str = "first", limit: int | str | None 
 
 
 def shard_order(data: SplitData, order: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Regroup positions for streaming: shuffled shard order, rows shuffled within buffer_shards shards."""
+    """Regroup positions for training: shuffled shard order, rows shuffled within groups of ORDER_SHARDS
+    shards (independent of the mode and the RAM limit: results are a function of the command)."""
     shard = data.rows[order] // data.shard_rows
-    k = data.buffer_shards
+    k = ORDER_SHARDS
     shards = rng.permutation(np.unique(shard))
     groups = []
     for i in range(0, len(shards), k):
@@ -191,19 +195,21 @@ def shard_order(data: SplitData, order: np.ndarray, rng: np.random.Generator) ->
 
 
 def _segments(data: SplitData, order: np.ndarray, batch_size: int, seed: int | None) -> Iterator[tuple]:
-    """(positions, features [p, V, n, c, h, w]) pieces; streamed: one sorted read per buffer of shards."""
-    if data.in_ram:
-        for i in range(0, len(order), batch_size):
-            yield order[i : i + batch_size], None
-        return
-    if seed is None:  # keep `order` (evaluation): buffers of consecutive positions
-        step = data.buffer_shards * data.shard_rows
-        groups = [order[i : i + step] for i in range(0, len(order), step)]
+    """(positions, features [p, V, n, c, h, w] or None in RAM) pieces, in the same order in both modes;
+    streamed: one sorted read per buffer of shards."""
+    step = data.buffer_shards * data.shard_rows  # rows a streamed read may hold
+    if seed is None:  # keep `order` (evaluation)
+        groups = [order]
     else:
         groups = shard_order(data, order, np.random.default_rng([seed, 3, len(order)]))
     for group in groups:
-        uniq, inv = np.unique(group, return_inverse=True)
-        yield group, data.read(uniq)[inv]
+        for i in range(0, len(group), batch_size if data.in_ram else step):
+            piece = group[i : i + (batch_size if data.in_ram else step)]
+            if data.in_ram:
+                yield piece, None
+            else:
+                uniq, inv = np.unique(piece, return_inverse=True)
+                yield piece, data.read(uniq)[inv]
 
 
 def batches(
@@ -215,7 +221,8 @@ def batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(positions [b], features [b, V', n, c, h, w]); V' = 1 if view_of.
 
-    In `order` when in RAM or when seed is None; streamed with a seed: shard-aware reshuffle of `order`.
+    In `order` when seed is None; with a seed, a shard-aware reshuffle of `order` (the same in RAM and
+    streamed).
     """
     pos_buf, feat_buf, held = [], [], 0
     for pos, f in _segments(data, order, batch_size, seed):

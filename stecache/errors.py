@@ -75,3 +75,11 @@ class RunError(StecacheError):
 
 class PathOutsideRoot(StecacheError):
     """A clip whose real path (symlinks resolved) leaves its data root, or that is no local file: refused."""
+
+
+class RunBusy(StecacheError):
+    """Another process is writing this run folder or sweep --out (it holds the folder's .lock)."""
+
+
+class NonFiniteLoss(TrainError):
+    """A training loss became NaN or inf: the message names the epoch, batch and clip ids."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import canonical_json
 from .errors import CacheMismatch, CheckpointMismatch, RunError, StecacheError, VideoError
-from .train import load_head, read_run
+from .train import load_head, read_metrics, read_run
 from .video import Preprocess, Sampling, load_clip
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".mts", ".ts")
@@ -125,7 +125,8 @@ def load_predictor(
 
     rec = read_run(run)
     attrs = rec["cache_attrs"]
-    if "backbone" not in attrs or not isinstance(attrs["backbone"], dict):
+    prov = attrs.get("backbone")
+    if not isinstance(prov, dict) or not {"sampling", "preprocess"} <= {*prov, *attrs}:  # toy or imported
         raise RunError(
             f"{run}: its cache records no backbone provenance (imported features?); cannot predict"
         )
@@ -138,10 +139,7 @@ def load_predictor(
         raise RunError(f"{run}: cache views {views} disagree with its sampling/preprocess attributes")
     cfg = TrainConfig.from_dict(rec["config"])
     num_views = clips * crops if cfg.test_views == "test" else 1
-    metrics = Path(run) / "metrics.json"
-    threshold = 0.5
-    if metrics.is_file():
-        threshold = float(json.loads(metrics.read_text()).get("threshold", 0.5))
+    threshold = float(read_metrics(run).get("threshold", 0.5))
     if backbone is None:
         backbone = load_backbone(prov, checkpoint, device)
     return Predictor(

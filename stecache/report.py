@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +60,17 @@ def load_results(path: str | Path) -> list[dict]:
     if not path.exists():
         raise ResultsError(f"{path}: no such results file (run `stecache ablate` first)")
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    text = path.read_bytes().decode("utf-8", errors="replace")  # binary garbage: "not JSON" on its line
+    lines = text.splitlines()
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
+            if i == len(lines) and not text.endswith("\n"):  # a write cut short: the next run rewrites it
+                warnings.warn(f"{path}:{i}: torn last line skipped (an interrupted write)", stacklevel=2)
+                continue
             raise ResultsError(f"{path}:{i}: not JSON ({e.msg})") from None
         for key in ("head", "seed", "val", "test"):
             if key not in rec:

@@ -6,13 +6,14 @@ epochs, sampler, views) and, within a group, by a memory cap; each group is ONE 
 to every head, each with its own AdamW, lr schedule, loss and torch RNG stream (swapped in around its step),
 so a head trains exactly as `train.train` would alone. Run folders and the results.jsonl line are
 train.py's (same names, same `finish`: best epoch on val, test once). Finished runs are skipped; a killed
-group resumes from its heads' last.pt. Python: `run_sweep(plan(["c.zarr"], tables="I,II,III"), "runs/x")`.
+group resumes from its heads' resume.safetensors; --out and the run folders are locked while written.
+Python: `run_sweep(plan(["c.zarr"], tables="I,II,III"), "runs/x")`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 
 from . import data as D
 from . import metrics as M
+from . import runio
 from . import train as T
 from .errors import SweepError
 
@@ -180,14 +182,17 @@ class HeadRun:
     start: int = 0
     loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
 
-    def step(self, xb: torch.Tensor, yb: torch.Tensor, n: int, lr: float, multi: bool) -> None:
-        """One optimiser step on batch xb [b, n, c, h, w] with this head's own RNG stream."""
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, n: int, lr: float, multi: bool, where=(0, 0, ())):
+        """One optimiser step on batch xb [b, n, c, h, w] with this head's own RNG stream; `where`:
+        (epoch, batch, clip ids) named if the loss is not finite."""
         for g in self.opt.param_groups:
             g["lr"] = lr
         torch.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, xb.device)
         loss = T.loss_fn(self.head(xb), yb, multi)
+        if not torch.isfinite(loss):
+            raise T.non_finite_loss(where[0], where[1], loss, xb, where[2])
         (loss * 1 / n).backward()  # as train.train with world size 1
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -198,15 +203,20 @@ class HeadRun:
 
 
 def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadRun:
-    """Build head + AdamW exactly as train.train does; resume from out/last.pt when it is this run's."""
+    """Build head + AdamW exactly as train.train does; resume from the folder's checkpoint when it is this
+    run's (validated first). The caller holds the folder's lock."""
     head = T.make_head(cfg, cache).to(device)
     opt = T.make_optimizer(head, cfg)
     cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
     run = HeadRun(cfg, out, head, opt, torch.get_rng_state(), cuda)
-    state = T._resume_state(out, {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint}, None)
+    identity = {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint}
+    state = T._resume_state(out, identity, None)
     T.write_run_config(out, cfg, cache, failed)
     if state is not None:
-        run.rng, run.history, run.best, run.best_epoch, run.start = T.restore(state, head, opt)
+        *got, cuda_rng = T.restore(state, head, opt, identity, cfg, cuda=True)
+        run.rng, run.history, run.best, run.best_epoch, run.start = got
+        if cuda is not None and cuda_rng is not None:
+            run.cuda_rng = cuda_rng
     return run
 
 
@@ -232,8 +242,9 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
             pos, x = next(it)
             wait += time.perf_counter() - tw
             xb, yb = D.to_tensor(x[:, 0], device), targets[pos].to(device)
+            where = (epoch, i, cache.clip_id[train_split.rows[pos]])
             for r in runs:
-                r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi)
+                r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi, where)
         train_seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
         probs = T.predict_many([r.head for r in runs], val_split, multi, device=device)
         seconds = (time.perf_counter() - t0) / len(runs)
@@ -244,32 +255,45 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
                      "val": M.summary(val), "seconds": seconds, "train_seconds": train_seconds,
                      "data_wait_seconds": wait / len(runs),
                      "heads_in_pass": len(runs)}  # fmt: skip
-            if val[key] > r.best:
+            if val[key] > r.best and T.finite_weights(r.head):
                 r.best, r.best_epoch = val[key], epoch + 1
                 T._save(r.head.state_dict(), r.out / "best.safetensors")
             r.history.append(entry)
-            T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history)
+            identity = {"config": r.cfg.to_dict(), "cache_fingerprint": cache.fingerprint}
+            T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history, identity,
+                         r.cuda_rng)  # fmt: skip
 
 
 # ---- the sweep -----------------------------------------------------------------------------------------
 
 
 def finished_runs(out: Path) -> set[str]:
-    """Run names already recorded in out/results.jsonl (skipped on resume)."""
-    path = Path(out) / "results.jsonl"
-    if not path.exists():
-        return set()
-    return {json.loads(line)["run"] for line in path.read_text().splitlines() if line.strip()}
+    """Run names already recorded in out/results.jsonl (skipped on resume); a torn last line is skipped."""
+    try:
+        return {str(r.get("run")) for r in runio.read_records(Path(out) / "results.jsonl")}
+    except ValueError as e:
+        raise SweepError(f"{e}; fix or remove that line") from None
 
 
 def run_sweep(
     jobs: list[Job], out: str | Path, memory: int | str | None = None, device: str | None = None,
     progress: bool = True, echo=print,
 ) -> list[dict]:  # fmt: skip
-    """Train every job, grouped by cache, data key and memory; returns the metrics of the runs trained now."""
+    """Train every job, grouped by cache, data key and memory; returns the metrics of the runs trained now.
+    `out` and each run folder are locked while written (RunBusy for a second sweep on the same --out)."""
     from .cache import open_cache
 
-    out = Path(out)
+    for url in dict.fromkeys(j.cache for j in jobs):  # a bad cache or --memory fails before --out exists
+        open_cache(url)
+    if memory is not None:
+        D.ram_limit(memory)
+    with runio.lock(out, "sweep folder"):
+        return _run_sweep(jobs, Path(out), memory, device, progress, echo)
+
+
+def _run_sweep(jobs: list[Job], out: Path, memory, device, progress: bool, echo) -> list[dict]:
+    from .cache import open_cache
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cap = D.ram_limit(memory) if memory is not None else default_memory(device)
     done = finished_runs(out)
@@ -305,12 +329,17 @@ def run_sweep(
                 + "; ".join(f"{len(g)} heads ~{m:.1f} MiB" for g, m in zip(groups, mib, strict=True))
             )
             for g in groups:
-                runs = [make_run(cfgs[i], cache, out / T.run_name(cfgs[i], cache), device, failed) for i in g]
-                t0 = time.perf_counter()
-                train_group(runs, cache, train_split, val_split, device, progress)
-                for r in runs:
-                    results.append(T.finish(r.out, r.cfg, cache, val_split, r.best_epoch, r.history, device))
-                    echo(f"    {r.out.name}: val {_fmt(results[-1], 'val')} test {_fmt(results[-1], 'test')}")
+                with contextlib.ExitStack() as folders:  # each run folder locked while its pass writes it
+                    dirs = [out / T.run_name(cfgs[i], cache) for i in g]
+                    for d in dirs:
+                        folders.enter_context(runio.lock(d))
+                    runs = [make_run(cfgs[i], cache, d, device, failed) for i, d in zip(g, dirs, strict=True)]
+                    t0 = time.perf_counter()
+                    train_group(runs, cache, train_split, val_split, device, progress)
+                    for r in runs:
+                        m = T.finish(r.out, r.cfg, cache, val_split, r.best_epoch, r.history, device)
+                        results.append(m)
+                        echo(f"    {r.out.name}: val {_fmt(m, 'val')} test {_fmt(m, 'test')}")
                 echo(f"    pass of {len(runs)} heads: {time.perf_counter() - t0:.1f} s")
     return results
 
@@ -323,11 +352,15 @@ def _split(splits: dict, cache, name: str, views: str, limit) -> D.SplitData:
 
 
 def _resume_epoch(run_dir: Path) -> int:
-    """Epochs a run folder's last.pt has finished (0 when none)."""
-    ckpt = run_dir / "last.pt"
-    if not ckpt.exists():
+    """Epochs a run folder's resume checkpoint claims finished (0 when none); only its JSON header is read
+    (make_run validates the whole checkpoint before loading it)."""
+    ckpt = run_dir / T.RESUME_FILE
+    if not ckpt.exists() or not (run_dir / "config.json").exists():
         return 0
-    return int(torch.load(ckpt, weights_only=False, map_location="cpu")["epoch"])
+    epoch = runio.read_state_meta(ckpt)["meta"].get("epoch")
+    if not isinstance(epoch, int) or epoch < 0:
+        raise runio._bad(ckpt, f"epoch {epoch!r}")
+    return epoch
 
 
 def _fmt(metrics: dict, split: str) -> str:

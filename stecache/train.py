@@ -10,6 +10,7 @@ Python: `train(TrainConfig(head="ste", depth=2), "work/cache.zarr")`; CLI: `stec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,10 +27,35 @@ from safetensors.torch import load_file, save_file
 
 from . import data as D
 from . import metrics as M
-from .config import Config, fingerprint
-from .errors import RunError, TrainError
+from . import runio
+from .config import Config, check_range, fingerprint
+from .errors import NonFiniteLoss, RunError, StecacheError, TrainError
 
 log = logging.getLogger(__name__)
+
+RESUME_FILE = "resume.safetensors"  # the resume checkpoint (safetensors + JSON header, see runio.py)
+# every file that only serves resuming (may go once a run is finished); last.pt: the pickle checkpoint of
+# older versions, never loaded
+RESUME_FILES = (RESUME_FILE, "last.pt")
+
+
+# (low, high, kind) of every numeric TrainConfig field; seeds as numpy's and torch's generators take them
+LIMITS = {
+    "epochs": (1, 100_000, int), "warmup_epochs": (0, 100_000, int), "batch_size": (1, 1 << 20, int),
+    "seed": (0, 2**63 - 1, int), "data_seed": (0, 2**63 - 1, int), "depth": (0, 1000, int),
+    "lr": (1e-12, 10.0, float), "weight_decay": (0.0, 10.0, float),
+}  # fmt: skip
+
+
+def _non_finite(obj, key: str = "") -> str | None:
+    """The key of the first NaN/inf float in a nested option mapping, None if all are finite."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"{key}={obj}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        if bad := _non_finite(v, f"{key}[{k}]" if key else str(k)):
+            return bad
+    return None
 
 
 @dataclass(frozen=True)
@@ -57,23 +83,25 @@ class TrainConfig(Config):
         for key, ok in (("train_views", ("all", "first")), ("test_views", ("test", "first"))):
             if getattr(self, key) not in ok:
                 raise TrainError(f"{key} must be one of {', '.join(ok)}, not {getattr(self, key)!r}")
-        for key in ("epochs", "batch_size", "warmup_epochs", "seed"):
-            if not isinstance(getattr(self, key), int) or isinstance(getattr(self, key), bool):
-                raise TrainError(f"{key} must be an integer, not {getattr(self, key)!r}")
-        if self.data_seed is not None and (
-            not isinstance(self.data_seed, int) or isinstance(self.data_seed, bool)
-        ):
-            raise TrainError(f"data_seed must be an integer or None, not {self.data_seed!r}")
-        for key in ("lr", "weight_decay"):
-            if not isinstance(getattr(self, key), (int, float)) or isinstance(getattr(self, key), bool):
-                raise TrainError(f"{key} must be a number, not {getattr(self, key)!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TrainError(f"epochs ({self.epochs}) and batch_size ({self.batch_size}) must be ≥ 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            raise TrainError(
-                f"lr ({self.lr}) must be > 0, weight_decay ({self.weight_decay}) and "
-                f"warmup_epochs ({self.warmup_epochs}) ≥ 0"
-            )
+        for key, (lo, hi, kind) in LIMITS.items():  # finite and in range, checked before anything is written
+            value = getattr(self, key)
+            if value is None and key in ("depth", "data_seed"):
+                continue
+            if msg := check_range(key, value, lo, hi, kind):
+                raise TrainError(msg)
+        for key in ("balanced", "tune_threshold"):
+            if not isinstance(getattr(self, key), bool):
+                raise TrainError(f"{key} must be true or false, not {getattr(self, key)!r}")
+        if not isinstance(self.head, str) or not isinstance(self.head_options, dict):
+            raise TrainError(f"head must be a name and head_options a mapping, not {self.head!r}, "
+                             f"{self.head_options!r}")  # fmt: skip
+        if bad := _non_finite(self.head_options):
+            raise TrainError(f"head option {bad} must be a finite number")
+        if self.ram_limit is not None:
+            try:
+                D.ram_limit(self.ram_limit)
+            except StecacheError as e:
+                raise TrainError(str(e).replace(" (STECACHE_RAM_LIMIT)", " (--ram-limit)")) from None
 
     @property
     def batch_seed(self) -> int:
@@ -161,13 +189,32 @@ def epoch_batches(split: D.SplitData, cfg: TrainConfig, epoch: int, weights) -> 
     return D.prefetch(D.batches(split, order, cfg.batch_size, views, cfg.batch_seed + epoch))
 
 
-def save_epoch(out: Path, head, opt, rng, epoch: int, best: float, best_epoch: int, history: list) -> None:
-    """What a run folder holds after each epoch: last weights, the resume checkpoint, the log."""
-    _save(head.state_dict(), out / "last.safetensors")
-    ckpt = dict(head=head.state_dict(), optimizer=opt.state_dict(), rng=rng, epoch=epoch + 1, best=best,
-                best_epoch=best_epoch, history=history)  # fmt: skip
-    _save(ckpt, out / "last.pt")
+def save_epoch(out: Path, head, opt, rng, epoch: int, best: float, best_epoch: int, history: list,
+               identity: dict, cuda_rng=None) -> None:  # fmt: skip
+    """What a run folder holds after each epoch: the log, last weights, then the resume checkpoint that
+    claims the epoch done (a kill before it redoes the epoch and rewrites the same log)."""
     _save("".join(json.dumps(h) + "\n" for h in history), out / "log.jsonl")
+    _save(head.state_dict(), out / "last.safetensors")
+    meta = {"run": fingerprint(_identity(identity)), "epoch": epoch + 1, "best": best,
+            "best_epoch": best_epoch, "history": history}  # fmt: skip
+    runio.save_state(out / RESUME_FILE, head, opt, rng, meta, cuda_rng)
+
+
+def finite_weights(head) -> bool:
+    """Whether every parameter and buffer of `head` is finite (a head that is not can never be best)."""
+    return all(bool(torch.isfinite(t).all()) for t in head.state_dict().values() if t.is_floating_point())
+
+
+def non_finite_loss(epoch: int, batch: int, loss: torch.Tensor, xb: torch.Tensor, clip_ids) -> NonFiniteLoss:
+    """The error stopping a run whose loss is NaN/inf: epoch, batch, clips (non-finite features first)."""
+    bad = ~torch.isfinite(xb.flatten(1)).all(1).cpu().numpy()
+    ids = list(np.asarray(clip_ids)[bad] if bad.any() else clip_ids)
+    which = "with non-finite features" if bad.any() else "in the batch"
+    return NonFiniteLoss(
+        f"epoch {epoch + 1}, batch {batch + 1}: loss is {loss.item()}; clips {which}: "
+        f"{', '.join(map(str, ids[:5]))}{f' (+{len(ids) - 5} more)' if len(ids) > 5 else ''}; "
+        "check the cache (`stecache verify`) or lower --lr"
+    )
 
 
 def _finite(obj):
@@ -180,15 +227,13 @@ def _finite(obj):
 
 
 def _save(obj, path: Path) -> None:
-    """Write atomically: a kill leaves either the old or the new file, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write atomically and durably: a kill or power loss leaves either the old or the new file."""
     if path.suffix == ".safetensors":
+        tmp = path.with_name(path.name + runio.TMP_SUFFIX)
         save_file({k: v.contiguous() for k, v in obj.items()}, str(tmp))
-    elif path.suffix == ".pt":
-        torch.save(obj, tmp)
+        runio.commit(tmp, path)
     else:
-        tmp.write_text(obj)
-    os.replace(tmp, path)
+        runio.write_file(path, obj)
 
 
 def run_name(cfg: TrainConfig, cache) -> str:
@@ -221,8 +266,13 @@ def train(
     """Train `cfg` on the cache at `cache_url` into `out_dir` (default runs_root/run_name); metrics dict.
 
     resume=None: resume when the folder holds a checkpoint of the same config and cache; True: must
-    resume; False: start over.
+    resume; False: start over. The run folder is locked (RunBusy for a second writer) while training.
     """
+    with contextlib.ExitStack() as stack:
+        return _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack)
+
+
+def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextlib.ExitStack) -> dict:
     from tqdm import tqdm
 
     from .cache import open_cache
@@ -243,6 +293,8 @@ def train(
 
     out = Path(out_dir) if out_dir else Path(runs_root) / run_name(cfg, cache)
     identity = {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint}  # what resume must match
+    if rank == 0:
+        stack.enter_context(runio.lock(out))  # one writer; cleans temp files of a killed run
     state = _resume_state(out, identity, resume)
     if rank == 0:
         write_run_config(out, cfg, cache, failed, world)
@@ -253,8 +305,10 @@ def train(
     opt = make_optimizer(head, cfg)
     history, best, best_epoch, start = [], -math.inf, -1, 0
     if state is not None:
-        rng, history, best, best_epoch, start = restore(state, head, opt)
+        rng, history, best, best_epoch, start, cuda_rng = restore(state, head, opt, identity, cfg, cuda=True)
         torch.set_rng_state(rng)
+        if cuda_rng is not None and torch.device(device).type == "cuda":  # dropout on the GPU
+            torch.cuda.set_rng_state(cuda_rng, device)
         log.info("resuming %s after epoch %d of %d", out, start, cfg.epochs)
     model = torch.nn.parallel.DistributedDataParallel(head) if world > 1 else head
     key = M.main_metric(multi)
@@ -275,6 +329,8 @@ def train(
             mine = slice(rank, None, world)
             xb, yb = D.to_tensor(x[mine, 0], device), targets[pos[mine]].to(device)
             loss = loss_fn(model(xb), yb, multi)
+            if not torch.isfinite(loss):
+                raise non_finite_loss(epoch, i, loss, xb, cache.clip_id[train_split.rows[pos[mine]]])
             # mean over the GLOBAL batch; DDP averages gradients over ranks, hence × world
             (loss * world / len(pos)).backward()
             opt.step()
@@ -292,7 +348,7 @@ def train(
                 predict(head, val_split, multi, device=device), val_split.targets(multi), multi
             )
             entry |= {"val": M.summary(val)}
-            if val[key] > best:
+            if val[key] > best and finite_weights(head):
                 best, best_epoch = val[key], epoch + 1
                 _save(head.state_dict(), out / "best.safetensors")
             entry |= {
@@ -301,7 +357,9 @@ def train(
                 "data_wait_seconds": wait,
             }
             history.append(entry)
-            save_epoch(out, head, opt, torch.get_rng_state(), epoch, best, best_epoch, history)
+            cuda_rng = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+            rng = torch.get_rng_state()
+            save_epoch(out, head, opt, rng, epoch, best, best_epoch, history, identity, cuda_rng)
             log.info("epoch %d: loss %.4f val %s %.4f", epoch + 1, entry["loss"], key, val[key])
     if rank != 0:
         torch.distributed.barrier()
@@ -313,9 +371,12 @@ def train(
 
 
 def _identity(record: dict) -> tuple:
-    """(config, cache fingerprint) of a run record: what a resumed run must share with the folder's."""
+    """(config, cache fingerprint) of a run record: what a resumed run must share with the folder's.
+    `ram_limit` is left out: results do not depend on it (one batch order in RAM and streamed)."""
     fp = record.get("cache_fingerprint") or (record.get("cache") or {}).get("fingerprint")
-    return record.get("config"), fp
+    config = record.get("config")
+    config = {k: v for k, v in config.items() if k != "ram_limit"} if isinstance(config, dict) else config
+    return config, fp
 
 
 def write_run_config(out: Path, cfg: TrainConfig, cache, failed: int, world: int = 1) -> None:
@@ -328,37 +389,63 @@ def write_run_config(out: Path, cfg: TrainConfig, cache, failed: int, world: int
     _save(json.dumps(record, indent=2, default=str) + "\n", out / "config.json")
 
 
-def restore(state: dict, head, opt) -> tuple:
-    """Load a resume checkpoint into head and optimiser; (rng state, history, best, best_epoch, epoch)."""
-    head.load_state_dict(state["head"])
-    opt.load_state_dict(state["optimizer"])
-    return state["rng"], state["history"], state["best"], state["best_epoch"], state["epoch"]
+def restore(ckpt: Path, head, opt, identity: dict, cfg: TrainConfig, cuda: bool = False) -> tuple:
+    """Validate the resume checkpoint `ckpt` (this run's, shapes of this head and optimiser, a consistent
+    history), then load it into head and optimiser; (rng state, history, best, best_epoch, epoch), plus
+    the CUDA rng state when `cuda`."""
+    st = runio.load_state(ckpt, head, opt, {"run": fingerprint(_identity(identity))})
+    m = st["meta"]
+    epoch, hist, best, best_epoch = m.get("epoch"), m.get("history"), m.get("best"), m.get("best_epoch")
+    ok = (
+        isinstance(epoch, int) and 1 <= epoch <= cfg.epochs and isinstance(hist, list) and len(hist) == epoch
+        and all(isinstance(h, dict) for h in hist) and isinstance(best, (int, float))
+        and isinstance(best_epoch, int) and (best_epoch == -1 or 1 <= best_epoch <= epoch)
+    )  # fmt: skip
+    if not ok:
+        raise runio._bad(ckpt, "its epoch, history or best epoch are inconsistent")
+    if best_epoch > 0 and not (ckpt.parent / "best.safetensors").is_file():
+        raise runio._bad(ckpt, "best.safetensors of its best epoch is missing")
+    out = st["rng"], hist, float(best), best_epoch, epoch
+    return (*out, st["cuda_rng"]) if cuda else out
 
 
-def _resume_state(out: Path, identity: dict, resume: bool | None) -> dict | None:
-    """The checkpoint to resume from, None to start over; refuses a folder holding a different run."""
-    ckpt, cfg_file = out / "last.pt", out / "config.json"
+def _resume_state(out: Path, identity: dict, resume: bool | None) -> Path | None:
+    """The checkpoint to resume from, None to start over; refuses a folder holding a different run.
+    Nothing is loaded here: restore() validates the checkpoint first."""
+    ckpt, cfg_file = out / RESUME_FILE, out / "config.json"
     if resume is False or not cfg_file.exists():
         if resume:
             raise TrainError(f"--resume: {out} has no run to resume (no config.json)")
         return None
-    old = json.loads(cfg_file.read_text())
+    try:
+        old = json.loads(cfg_file.read_text())
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TrainError(f"{cfg_file}: not a run config ({e}); use another --out or delete it") from None
     if _identity(old) != _identity(identity):
-        diff = sorted(k for k in identity["config"] if old.get("config", {}).get(k) != identity["config"][k])
+        new_cfg, old_cfg = _identity(identity)[0], _identity(old)[0]
+        old_cfg = old_cfg if isinstance(old_cfg, dict) else {}
+        diff = sorted(k for k in new_cfg if old_cfg.get(k) != new_cfg[k])
         what = f"config keys {diff}" if diff else "the cache"
         raise TrainError(f"{out} holds another run ({what} differ); use another --name/--out or delete it")
     if not ckpt.exists():
+        if (out / "last.pt").exists():  # a pickle: never loaded
+            log.warning("%s: last.pt of an older stecache is not loaded (pickle); starting over", out)
         if resume:
-            raise TrainError(f"--resume: {out} has no checkpoint last.pt")
+            raise TrainError(f"--resume: {out} has no checkpoint {RESUME_FILE}")
         return None
-    return torch.load(ckpt, weights_only=False, map_location="cpu")
+    return ckpt
 
 
 def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, history: list, device) -> dict:
     """Evaluate the best weights on val and (once) on test; write metrics.json, the plot, results.jsonl."""
     multi = bool(cache.multi_label)
+    if best_epoch < 1:
+        what = M.main_metric(multi)
+        raise TrainError(f"{out}: no epoch reached a finite val {what} with finite weights; nothing to test")
     head = make_head(cfg, cache).to(device)
-    head.load_state_dict(load_file(str(out / "best.safetensors")))
+    load_weights(head, out / "best.safetensors")
     val_probs = predict(head, val_split, multi, device=device)
     val = M.evaluate_probs(val_probs, val_split.targets(multi), multi)
     metrics = {"main_metric": M.main_metric(multi), "best_epoch": best_epoch, "epochs": cfg.epochs,
@@ -399,26 +486,11 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
     }  # fmt: skip
     if "test_tuned" in metrics:
         record["test_tuned"] = M.summary(metrics["test_tuned"])
-    results = out.parent / "results.jsonl"
-    if not _recorded(results, record):  # re-running a finished run adds no second line
-        with open(results, "a") as f:
-            f.write(json.dumps(_finite(record), default=str) + "\n")
-    return metrics | {"run_dir": str(out)}
-
-
-def _recorded(results: Path, record: dict) -> bool:
-    """Whether results.jsonl already holds this run (same folder, config and cache fingerprint)."""
-    if not results.exists():
-        return False
+    # one whole line, fsynced; re-running a finished run (same folder, config, cache) adds no second line
     key = ("run_dir", "config", "cache_fingerprint")
-    for line in results.read_text().splitlines():
-        try:
-            old = json.loads(line)
-        except ValueError:
-            continue
-        if all(old.get(k) == record[k] for k in key):
-            return True
-    return False
+    same = lambda old: all(old.get(k) == record[k] for k in key)  # noqa: E731
+    runio.append_record(out.parent / "results.jsonl", _finite(record), same)
+    return metrics | {"run_dir": str(out)}
 
 
 # ---- evaluation of a finished run --------------------------------------------------------------------
@@ -430,11 +502,17 @@ def read_run(run: str | Path) -> dict:
     cfg_file, weights = run / "config.json", run / "best.safetensors"
     if not cfg_file.is_file() or not weights.is_file():
         raise RunError(f"{run}: not a trained run (needs config.json and best.safetensors from train-head)")
-    try:
+    try:  # validated before anything else in the folder is read
         rec = json.loads(cfg_file.read_text())
-        rec["config"], rec["cache"]  # noqa: B018 - the keys every run has
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise RunError(f"{cfg_file}: not a run config ({type(e).__name__}: {e})") from None
+        TrainConfig.from_dict(rec["config"])  # strict: unknown keys and bad values are errors
+        if not (isinstance(rec["cache"]["url"], str) and isinstance(rec["cache"]["fingerprint"], str)):
+            raise TypeError("cache url and fingerprint must be strings")
+        attrs = rec.get("cache_attrs")
+        if attrs and not (isinstance(attrs, dict) and isinstance(attrs.get("class_names"), list)
+                          and isinstance(attrs.get("feature_shape"), list)):  # fmt: skip
+            raise TypeError("cache_attrs needs class_names and feature_shape lists")
+    except (ValueError, KeyError, TypeError, StecacheError) as e:
+        raise RunError(f"{cfg_file}: not a run config ({type(e).__name__}: {str(e)[:150]})") from None
     if not rec.get("cache_attrs"):
         from .cache import open_cache
 
@@ -451,8 +529,17 @@ def load_head(run: str | Path, rec: dict | None = None, device: str | torch.devi
     head = build_head(
         cfg.head, tuple(attrs["feature_shape"]), len(attrs["class_names"]), cfg.depth, **cfg.head_options
     )
-    head.load_state_dict(load_file(str(Path(run) / "best.safetensors")))
+    load_weights(head, Path(run) / "best.safetensors")
     return head.requires_grad_(False).eval().to(device)
+
+
+def load_weights(head, weights: Path) -> None:
+    """Load safetensors weights (data only, never code) into `head`; RunError if damaged or another head's."""
+    try:
+        head.load_state_dict(load_file(str(weights)))  # shapes and names checked by torch
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file, whatever the parser says
+        why = f"{type(e).__name__}: {str(e)[:120]}; delete the run to train it anew"
+        raise RunError(f"{weights}: not this run's head weights ({why})") from None
 
 
 def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None) -> dict:
@@ -477,7 +564,21 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
     probs = predict(head, data, multi)
     out = {"run": str(run_dir), "split": split, "clips": len(data), "class_names": c.class_names,
            "metrics": M.evaluate_probs(probs, data.targets(multi), multi)}  # fmt: skip
-    saved = run_dir / "metrics.json"
-    if multi and saved.exists() and "threshold" in (m := json.loads(saved.read_text())):
+    if multi and "threshold" in (m := read_metrics(run_dir)):
         out["tuned"] = M.evaluate_probs(probs, data.targets(multi), multi, m["threshold"])
     return out
+
+
+def read_metrics(run: str | Path) -> dict:
+    """A run's metrics.json ({} when absent); RunError when not JSON or its threshold is not in [0, 1]."""
+    path = Path(run) / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        m = json.loads(path.read_text())
+        t = m.get("threshold", 0.5)
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1:
+            raise ValueError(f"threshold {t!r} is not in [0, 1]")
+    except (ValueError, UnicodeDecodeError, AttributeError) as e:
+        raise RunError(f"{path}: not a run's metrics ({type(e).__name__}: {str(e)[:120]})") from None
+    return m

@@ -140,3 +140,20 @@ def test_test_views_leave_out_augmented_train_views(toy, monkeypatch):
         split = D.load_split(toy, "val", views="test", limit=limit)
         assert split.views == 2
         np.testing.assert_array_equal(split.read(np.arange(4)), toy.read_views(split.rows[:4])[:, :2])
+
+
+def test_batch_order_does_not_depend_on_ram_or_streaming(toy):
+    """Issue 14: one seeded order for both modes and every RAM limit (same positions, same features)."""
+    splits = [D.load_split(toy, "train", views="all", limit=lim) for lim in (None, 1, "100K", "160K")]
+    assert splits[0].in_ram and [s.buffer_shards for s in splits[1:]] == [1, 2, 3]
+    w = D.sample_weights(splits[0].labels)
+    for order in (D.epoch_rows(len(splits[0]), 4, 2), D.epoch_rows(len(splits[0]), 4, 2, w)):  # dupes too
+        views = D.epoch_views(len(order), 3, 4, 2)
+        runs = [list(D.batches(s, order, 7, views, seed=6)) for s in splits]
+        for other in runs[1:]:
+            assert len(other) == len(runs[0])
+            for (p0, x0), (p1, x1) in zip(runs[0], other, strict=True):
+                np.testing.assert_array_equal(p0, p1)
+                np.testing.assert_array_equal(x0, x1)
+        got = np.concatenate([p for p, _ in runs[0]])
+        assert not np.array_equal(got, order) and sorted(got) == sorted(order)  # reshuffled, same draws

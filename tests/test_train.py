@@ -64,7 +64,8 @@ def test_every_head_beats_chance(toy, tmp_path, head):
     assert m["val"]["acc1"] >= 0.7, m["val"]
     assert m["test"]["acc1"] >= 0.7, m["test"]
     run = Path(m["run_dir"])
-    files = ("config.json", "log.jsonl", "metrics.json", "best.safetensors", "last.safetensors", "last.pt")
+    files = ("config.json", "log.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
+    files += (T.RESUME_FILE,)
     for name in (*files, "confusion.png"):
         assert (run / name).exists(), name
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -197,7 +198,7 @@ def test_resume_after_sigkill_is_identical(toy, tmp_path):
     epochs = 8
     assert _run([toy, tmp_path / "full", epochs]).wait() == 0
     victim = _run([toy, tmp_path / "killed", epochs])
-    ckpt = tmp_path / "killed" / "last.pt"
+    ckpt = tmp_path / "killed" / T.RESUME_FILE
     deadline = time.time() + 120
     while time.time() < deadline and victim.poll() is None:
         if ckpt.exists() and len(_log(tmp_path / "killed")) >= 3:
