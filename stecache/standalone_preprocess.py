@@ -214,9 +214,12 @@ def classify(path: str | Path, meta_path: str | Path) -> np.ndarray:
             [session.run(None, {meta["input_name"]: x[i : i + step]})[0] for i in range(0, len(x), step)]
         )
     else:
+        import warnings
+
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load: still what loads anywhere
             logits = torch.jit.load(str(model))(torch.from_numpy(x)).numpy()
     logits = logits.astype(np.float64)  # [V, K]
     if meta["multi_label"]:
