@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -410,3 +411,36 @@ def test_timeline_files_skip_a_bad_video_and_keep_the_rest(pred, long_video, tmp
     assert all(f.exists() for f in results[1]["files"])
     csv_text = TL.timelines_csv([results[1]["record"], results[1]["record"]])
     assert csv_text.count("path,start,end") == 1 and len(csv_text.splitlines()) == 1 + 2 * 11
+
+
+RANDOM_WEIGHTS = "stecache: warning: backbone 'videomaev2-tiny' has RANDOM weights"
+
+
+@pytest.mark.parametrize(
+    "args, backbone_warning",
+    [
+        (["export", "RUN", "--head-only"], False),
+        pytest.param(["export", "RUN", "--head-only", "--format", "onnx"], False, marks=pytest.mark.slow),
+        (["export", "RUN"], True),
+        pytest.param(["export", "RUN", "--format", "onnx"], True, marks=pytest.mark.slow),
+        (["predict", "RUN", "VIDEO"], True),
+    ],
+)
+def test_no_third_party_chatter_on_stderr(world, tmp_path, args, backbone_warning):
+    """The real command in a fresh process: stderr holds at most the warning about the user's own model
+    (random backbone weights), and nothing about backbone weights with --head-only."""
+    if "onnx" in args:
+        pytest.importorskip("onnxruntime")
+    video = next(world["root"] / c.path for c in world["clips"] if c.split == "test")
+    args = [str(world["run"]) if a == "RUN" else str(video) if a == "VIDEO" else a for a in args]
+    if args[0] == "export":
+        args += ["--out", str(tmp_path / "m")]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-c", "from stecache.cli import cli; cli()", *args],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == int(backbone_warning), proc.stderr
+    assert all(ln.startswith(RANDOM_WEIGHTS) for ln in lines), proc.stderr
