@@ -572,11 +572,15 @@ def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size
 )
 @_CHECKPOINT
 def export(run, fmt, head_only, out, checkpoint):
-    """Write RUN's backbone + head as one TorchScript or ONNX model, runnable without stecache."""
+    """Write RUN's backbone + head as one TorchScript or ONNX model, runnable without stecache.
+
+    Beside it: the JSON of constants (class names, a machine-readable `preprocess` section, also embedded
+    in the model file) and preprocess.py (numpy + PyAV) that turns a video into the model's exact input.
+    """
     from .export import export as run_export
 
     model, meta = run_export(run, fmt, out, head_only, checkpoint)
-    click.echo(f"wrote {model} and {meta} (preprocessing, views, class names)")
+    click.echo(f"wrote {model}, {meta} (preprocessing, class names) and {meta.parent / 'preprocess.py'}")
 
 
 def main():  # pragma: no cover
