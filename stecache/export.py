@@ -78,6 +78,8 @@ def preprocess_spec(pred: Predictor) -> dict:
             "num_clips > 1: round(k * max_offset / (num_clips - 1)), else max_offset // 2; "
             "clip_len == 1: k * total / num_clips + total / num_clips / 2",
             "indices": "(offset + j * frame_interval) mod total, truncated to int",
+            "version_note": "mmaction2 1.x test-mode offsets (evenly spread over [0, max_offset]); "
+            "0.x used segment centres and gives other frames",
         }
     else:
         sampling |= {
