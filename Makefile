@@ -7,16 +7,19 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 WORK    ?= work
 
-.PHONY: install test test-fast lint demo ablation bench clean
+.PHONY: install test test-fast lint demo ablation bench clean distclean
 
 install: $(STAMP)
 
+# pip shows its progress on the two long steps (torch, then stecache and its dependencies).
 $(STAMP): pyproject.toml
+	@echo "== creating $(VENV) and installing $(TORCH) (CPU build) and stecache; a few minutes from nothing"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --progress-bar on $(TORCH)
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
 	touch $(STAMP)
+	@echo "== $(VENV) ready"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -46,5 +49,9 @@ ablation: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# clean: what the demo, ablation and tests wrote (keeps .venv); distclean: also the .venv (~1.6 GB).
 clean:
-	rm -rf $(VENV) $(WORK) runs reports
+	rm -rf $(WORK) runs reports
+
+distclean: clean
+	rm -rf $(VENV)

@@ -25,10 +25,19 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except StecacheError as e:
+            if _rank() != 0:  # under torchrun every rank fails alike; rank 0 says why, once
+                sys.exit(1)
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; re-run the same command to resume", err=True)
             sys.exit(130)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 when not distributed): summaries print on rank 0 only."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -269,7 +278,7 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", default="test", show_default=True, help="Split of the cache to evaluate on.")
 @click.option("--cache", help="Another copy of the run's cache (must have the same fingerprint).")
-@click.option("--per-class", is_flag=True, help="Also print per-class precision/recall/F1 (multi-label).")
+@click.option("--per-class", is_flag=True, help="Also print per-class P/R/F1 (multi-label) or acc/P/R.")
 def evaluate(run: Path, split: str, cache: str | None, per_class: bool):
     """Metrics of a trained run's best head on a split of its cache."""
     from .metrics import format_table
@@ -485,6 +494,8 @@ def extract(
     finally:
         if "://" not in str(cache_url) and Path(cache_url, "zarr.json").exists():
             remember_cache(cache_url)
+    if _rank() != 0:  # every rank returns the same gathered summary
+        return
     click.echo(
         f"{s['cache']}: {s['done']}/{s['clips']} clips done ({s['extracted']} extracted now, "
         f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s"
@@ -676,11 +687,15 @@ def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size
 )
 @_CHECKPOINT
 def export(run, fmt, head_only, out, checkpoint):
-    """Write RUN's backbone + head as one TorchScript or ONNX model, runnable without stecache."""
+    """Write RUN's backbone + head as one TorchScript or ONNX model, runnable without stecache.
+
+    Beside it: the JSON of constants (class names, a machine-readable `preprocess` section, also embedded
+    in the model file) and preprocess.py (numpy + PyAV) that turns a video into the model's exact input.
+    """
     from .export import export as run_export
 
     model, meta = run_export(run, fmt, out, head_only, checkpoint)
-    click.echo(f"wrote {model} and {meta} (preprocessing, views, class names)")
+    click.echo(f"wrote {model}, {meta} (preprocessing, class names) and {meta.parent / 'preprocess.py'}")
 
 
 def main():  # pragma: no cover

@@ -32,16 +32,17 @@ ORDER_SHARDS = 4  # shards whose rows one training order shuffles together, in R
 LOAD_ROWS = 256  # rows read per call when loading into RAM
 
 
-def ram_limit(limit: int | str | None = None) -> int:
-    """Bytes a split may take in RAM: `limit`, else $STECACHE_RAM_LIMIT, else half of MemAvailable."""
-    limit = limit if limit is not None else os.environ.get("STECACHE_RAM_LIMIT")
+def ram_limit(limit: int | str | None = None, flag: str = "--ram-limit") -> int:
+    """Bytes a split may take in RAM: `limit` (given as `flag`), else $STECACHE_RAM_LIMIT, else half of
+    MemAvailable."""
+    source = flag
+    if limit is None:
+        limit, source = os.environ.get("STECACHE_RAM_LIMIT"), "STECACHE_RAM_LIMIT"
     if limit is None:
         return _mem_available() // 2
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(limit).lower())
     if not m:
-        raise StecacheError(
-            f"RAM limit {limit!r} (STECACHE_RAM_LIMIT) is not a size like 2G, 512M or 1000000"
-        )
+        raise StecacheError(f"{source} {limit!r} is not a size like 2G, 512M or 1000000")
     return int(float(m[1]) * 1024 ** "_kmgt".index(m[2] or "_"))
 
 

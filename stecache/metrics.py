@@ -138,14 +138,33 @@ def format_table(result: dict, class_names=None) -> str:
     for title, m in tables:
         if "threshold" in m:
             lines.append(f"  {title}threshold {m['threshold']:.2f}")
-        lines += [f"    {k:<16} {100 * v:6.2f}" for k, v in summary(m).items() if k != "threshold"]
+        k_classes = len(m["confusion"]) if "confusion" in m else None
+        hidden = {"threshold"} | ({"acc5"} if k_classes is not None and k_classes <= 5 else set())
+        lines += [f"    {k:<16} {100 * v:6.2f}" for k, v in summary(m).items() if k not in hidden]
         pc = m.get("per_class", {})
         if "f1" in pc and class_names:
             for name, p, r, f, s in zip(
                 class_names, pc["precision"], pc["recall"], pc["f1"], pc["support"], strict=True
             ):
                 lines.append(f"      {name:<24} P {100 * p:6.2f}  R {100 * r:6.2f}  F1 {100 * f:6.2f}  n={s}")
+        elif "confusion" in m and class_names:
+            lines += _single_label_per_class(m, class_names)
     return "\n".join(lines)
+
+
+def _single_label_per_class(m: dict, class_names) -> list[str]:
+    """Per-class accuracy (= recall), precision and support from the confusion matrix (rows = true)."""
+    cm = np.asarray(m["confusion"])
+    precision = _div(np.diag(cm), cm.sum(0), 0.0)  # 0/0 (never predicted) counts as 0
+    acc = m["per_class"]["acc"]
+
+    def pct(v) -> str:
+        return "   -  " if v is None or np.isnan(v) else f"{100 * v:6.2f}"
+
+    return [
+        f"      {name:<24} acc {pct(a)}  P {pct(p)}  R {pct(a)}  n={s}"
+        for name, a, p, s in zip(class_names, acc, precision, m["per_class"]["support"], strict=True)
+    ]
 
 
 def plot_metrics(m: dict, class_names, multi: bool, path, split: str = "test") -> None:

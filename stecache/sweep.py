@@ -295,7 +295,7 @@ def _run_sweep(jobs: list[Job], out: Path, memory, device, progress: bool, echo)
     from .cache import open_cache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cap = D.ram_limit(memory) if memory is not None else default_memory(device)
+    cap = D.ram_limit(memory, "--memory") if memory is not None else default_memory(device)
     done = finished_runs(out)
     caches = {url: open_cache(url) for url in dict.fromkeys(j.cache for j in jobs)}
     failures = {url: D.check_complete(c) for url, c in caches.items()}  # every cache checked before any run

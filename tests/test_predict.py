@@ -11,9 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,8 +283,11 @@ def test_torchscript_equals_eager_without_stecache(world, pred, tmp_path, head_o
 
     model, meta = export(world["run"], "torchscript", tmp_path / "m", head_only=head_only, pred=pred)
     info = json.loads(meta.read_text())
-    assert info["class_names"] == list(COLOURS) and info["views"]["count"] == 15
-    assert info["preprocess"]["crop"] == "three" and info["sampling"]["clip_len"] == 8
+    assert info["class_names"] == list(COLOURS) and info["preprocess"]["views"]["count"] == 15
+    assert info["preprocess"]["crop"]["kind"] == "three" and info["preprocess"]["sampling"]["clip_len"] == 8
+    extra = {"preprocess.json": ""}
+    torch.jit.load(str(model), _extra_files=extra)
+    assert json.loads(extra["preprocess.json"]) == info["preprocess"]  # embedded in the model file too
     x = torch.randn(3, 3, 8, 64, 64)
     if head_only:
         x = pred.backbone(x)
@@ -316,6 +322,47 @@ def test_onnx_equals_eager(world, pred, tmp_path, head_only):
         eager = pred.head(x) if head_only else pred.head(pred.backbone(x))
     (y,) = session.run(None, {info["input_name"]: x.numpy()})
     np.testing.assert_allclose(y, eager.numpy(), atol=1e-4, rtol=1e-4)
+    props = session.get_modelmeta().custom_metadata_map
+    assert json.loads(props["preprocess"]) == info["preprocess"] and json.loads(props["stecache"]) == info
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", pytest.param("onnx", marks=pytest.mark.slow)])
+def test_exported_folder_alone_matches_predict(world, pred, tmp_path, fmt):
+    """Copy the export folder anywhere; its preprocess.py + the model file, in an interpreter where stecache
+    cannot be imported, give predict's views (1e-6) and probabilities (1e-6)."""
+    from stecache.export import export
+
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    export(world["run"], fmt, tmp_path / "made" / "model", pred=pred)
+    folder = tmp_path / "elsewhere"
+    shutil.copytree(tmp_path / "made", folder)
+    videos = [world["root"] / c.path for c in world["clips"] if c.split == "test"]
+    code = (
+        "import sys, json\n"
+        "sys.modules['stecache'] = None  # importing stecache fails here\n"
+        f"sys.path.insert(0, {str(folder)!r})\n"
+        "import numpy as np\n"
+        "from preprocess import classify, load_spec, load_views\n"
+        f"videos = {[str(v) for v in videos]!r}\n"
+        f"spec = load_spec({str(folder / 'model.json')!r})\n"
+        f"np.save('views.npy', np.stack([load_views(v, spec) for v in videos]))\n"
+        f"np.save('probs.npy', np.stack([classify(v, {str(folder / 'model.json')!r}) for v in videos]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    views = np.load(tmp_path / "views.npy")
+    np.testing.assert_allclose(views, torch.stack([pred.load(v) for v in videos]).numpy(), rtol=0, atol=1e-6)
+    want = np.stack([r["probs"] for r in P.predict_files(pred, videos, progress=False)])
+    np.testing.assert_allclose(np.load(tmp_path / "probs.npy"), want, rtol=0, atol=1e-6)
+    cli = subprocess.run(
+        [sys.executable, "-I", str(folder / "preprocess.py"), str(videos[0]), "--classify"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert cli.returncode == 0 and "views [15, 3, 8, 64, 64]" in cli.stdout, cli.stderr
 
 
 def test_export_cli(world, tmp_path):
@@ -364,3 +411,36 @@ def test_timeline_files_skip_a_bad_video_and_keep_the_rest(pred, long_video, tmp
     assert all(f.exists() for f in results[1]["files"])
     csv_text = TL.timelines_csv([results[1]["record"], results[1]["record"]])
     assert csv_text.count("path,start,end") == 1 and len(csv_text.splitlines()) == 1 + 2 * 11
+
+
+RANDOM_WEIGHTS = "stecache: warning: backbone 'videomaev2-tiny' has RANDOM weights"
+
+
+@pytest.mark.parametrize(
+    "args, backbone_warning",
+    [
+        (["export", "RUN", "--head-only"], False),
+        pytest.param(["export", "RUN", "--head-only", "--format", "onnx"], False, marks=pytest.mark.slow),
+        (["export", "RUN"], True),
+        pytest.param(["export", "RUN", "--format", "onnx"], True, marks=pytest.mark.slow),
+        (["predict", "RUN", "VIDEO"], True),
+    ],
+)
+def test_no_third_party_chatter_on_stderr(world, tmp_path, args, backbone_warning):
+    """The real command in a fresh process: stderr holds at most the warning about the user's own model
+    (random backbone weights), and nothing about backbone weights with --head-only."""
+    if "onnx" in args:
+        pytest.importorskip("onnxruntime")
+    video = next(world["root"] / c.path for c in world["clips"] if c.split == "test")
+    args = [str(world["run"]) if a == "RUN" else str(video) if a == "VIDEO" else a for a in args]
+    if args[0] == "export":
+        args += ["--out", str(tmp_path / "m")]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(
+        [sys.executable, "-c", "from stecache.cli import cli; cli()", *args],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == int(backbone_warning), proc.stderr
+    assert all(ln.startswith(RANDOM_WEIGHTS) for ln in lines), proc.stderr
