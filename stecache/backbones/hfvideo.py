@@ -65,9 +65,13 @@ class HFVideoEncoder(Backbone):
             raise CheckpointMismatch(f"hf:{path}: no *.safetensors or *.bin weights")
         kw = {"local_files_only": True, "output_loading_info": True}
         try:
-            model, info = cls.from_pretrained(path, attn_implementation="sdpa", **kw)
-        except (ValueError, ImportError):  # a class without SDPA support
-            model, info = cls.from_pretrained(path, **kw)
+            try:
+                model, info = cls.from_pretrained(path, attn_implementation="sdpa", **kw)
+            except (ValueError, ImportError):  # a class without SDPA support
+                model, info = cls.from_pretrained(path, **kw)
+        except (RuntimeError, OSError, ValueError) as e:  # mis-shaped weights, unreadable files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointMismatch(f"hf:{path}: weights do not fit {arch}: {first}") from e
         if info["missing_keys"] or info["mismatched_keys"]:
             raise CheckpointMismatch(
                 f"hf:{path}: weights do not fit {arch}; missing keys: "
