@@ -408,9 +408,10 @@ LAST_CACHE = WORK / "last_cache"  # holds the path of the cache `stecache extrac
 
 
 def default_cache_path(backbone: str) -> Path:
-    """work/cache-<backbone>.zarr, with image:<dir> named after the directory."""
-    if backbone.startswith("image:"):
-        backbone = "image-" + Path(backbone.removeprefix("image:")).name
+    """work/cache-<backbone>.zarr, with image:<dir> / hf:<dir> / timm:<model> named after the last part."""
+    for prefix in ("image:", "hf:", "timm:"):
+        if backbone.startswith(prefix):
+            backbone = prefix[:-1] + "-" + Path(backbone.removeprefix(prefix)).name
     return WORK / f"cache-{backbone}.zarr"
 
 
