@@ -179,3 +179,41 @@ def test_refusals(tmp_path):
     (path / "config.json").write_text(json.dumps(cfg | {"hidden_size": 48}))
     with pytest.raises(CheckpointMismatch, match="weights do not fit|size mismatch|mismatch"):
         load(f"hf:{path}")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from stecache.annotations import load_dataset_dir
+    from stecache.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "d"
+    synthesize(root, n_clips=21)  # 3 per class: every split sees every class
+    return load_dataset_dir(root)
+
+
+def train_end_to_end(name: str, data, tmp_path, checkpoint=None) -> dict:
+    """extract (the backbone's own protocol) -> cache -> an STE head trained 2 epochs; metrics."""
+    from stecache import train as T
+    from stecache.cache import open_cache
+    from stecache.extract import ExtractConfig, extract
+
+    url = tmp_path / "c.zarr"
+    s = extract(data, url, name, checkpoint=checkpoint, cfg=ExtractConfig(workers=0, progress=False))
+    assert s["done"] == 21 and not s["failed"]
+    cache = open_cache(url)
+    m = T.train(T.TrainConfig(head="ste", depth=1, epochs=2, batch_size=8), str(url), runs_root=tmp_path / "runs",
+                progress=False)  # fmt: skip
+    assert m["epochs"] == 2 and m["test_clips"] == 7 and m["val_clips"] == 7
+    assert 0 <= m["test"][m["main_metric"]] <= 1 and 0 <= m["val"][m["main_metric"]] <= 1
+    assert len(list((tmp_path / "runs").glob("*/best.safetensors"))) == 1
+    return {"metrics": m, "cache": cache}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_head_trains_end_to_end_on_synthetic_data(tiny_data, tmp_path, family):
+    _, path = _save(family, tmp_path, layers=1, classifier=family != "xclip")
+    out = train_end_to_end(f"hf:{path}", tiny_data, tmp_path)
+    _, _, _, T, tub, _ = _config(family, 1)
+    assert out["cache"].feature_shape == (T // tub, 32, 4, 4)
+    assert out["cache"].attrs["backbone"]["frames"] == T

@@ -64,3 +64,16 @@ def test_timm_bad_name_and_bad_weights(tmp_path):
         load("timm:test_convnext", checkpoint=path)
     with pytest.warns(UserWarning, match="RANDOM weights"):
         assert load("timm:test_vit").provenance()["weights"] == "random"
+
+
+@pytest.mark.slow
+def test_timm_head_trains_end_to_end_on_synthetic_data(tmp_path):
+    from test_backbones_hf import train_end_to_end
+
+    from stecache.annotations import load_dataset_dir
+    from stecache.synth import synthesize
+
+    synthesize(tmp_path / "d", n_clips=21)
+    _, path = _weights("test_vit", tmp_path)
+    out = train_end_to_end("timm:test_vit", load_dataset_dir(tmp_path / "d"), tmp_path, checkpoint=path)
+    assert out["cache"].feature_shape == (8, 64, 10, 10)

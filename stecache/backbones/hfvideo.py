@@ -55,11 +55,13 @@ class HFVideoEncoder(Backbone):
         arch = (raw.get("architectures") or [FAMILIES[kind][0]])[0]
         if arch not in FAMILIES[kind]:
             raise CheckpointMismatch(f"hf:{path}: architecture {arch} not supported; expected {FAMILIES[kind]}")
-        cls = getattr(transformers, arch, None)
-        if cls is None:
+        try:
+            cls = getattr(transformers, arch)
+        except (AttributeError, ImportError) as e:  # an older transformers (V-JEPA 2 needs >= 4.53)
             raise CheckpointMismatch(
-                f"hf:{path}: transformers {transformers.__version__} has no {arch}; upgrade transformers"
-            )
+                f"hf:{path}: transformers {transformers.__version__} has no {arch} ({type(e).__name__}); "
+                "upgrade transformers"
+            ) from e
         files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
         if not files:
             raise CheckpointMismatch(f"hf:{path}: no *.safetensors or *.bin weights")
