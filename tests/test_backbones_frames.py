@@ -145,7 +145,9 @@ def test_videomae_any_even_frames_matches_reference(tmp_path, frames):
     assert (tokens - to_fmap(ref_tokens, model.grid)).abs().max() < TOL
     assert (pooled - ref_pooled).abs().max() < TOL
     table = model.encoder.embeddings.position_embeddings
-    assert table.shape == (1, frames // 2 * 16, 64) and torch.equal(table, sinusoid_table(frames // 2 * 16, 64))
+    assert table.shape == (1, frames // 2 * 16, 64) and torch.equal(
+        table, sinusoid_table(frames // 2 * 16, 64)
+    )
     with pytest.raises(CheckpointMismatch, match="multiple of it"):
         load("videomaev2-tiny", checkpoint=tmp_path / "c.pth", frames=5)
 
@@ -176,8 +178,8 @@ def test_videomae_heads_of_the_official_sizes():
 
 def test_bare_videomae_model_folder_loads_as_videomaev2(tmp_path):
     """A VideoMAEModel.save_pretrained folder has no fc_norm: pooled is the plain token mean."""
-    from transformers import VideoMAEModel
     from test_backbones import _perturb
+    from transformers import VideoMAEModel
 
     hf = _perturb(VideoMAEModel(videomae.hf_config(videomae.TINY)), seed=3)
     hf.save_pretrained(tmp_path / "bare")

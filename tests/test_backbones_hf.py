@@ -36,7 +36,9 @@ def _config(family: str, layers: int):
                               num_pooler_layers=1)  # fmt: skip
         return cfg, tf.VJEPA2Model, tf.VJEPA2ForVideoClassification, 4, 2, 8
     if family == "timesformer":
-        cfg = tf.TimesformerConfig(image_size=32, patch_size=8, num_frames=4, num_hidden_layers=layers, **SMALL)
+        cfg = tf.TimesformerConfig(
+            image_size=32, patch_size=8, num_frames=4, num_hidden_layers=layers, **SMALL
+        )
         return cfg, tf.TimesformerModel, tf.TimesformerForVideoClassification, 4, 1, 8
     if family == "vivit":
         cfg = tf.VivitConfig(image_size=32, num_frames=4, tubelet_size=[2, 8, 8], num_hidden_layers=layers,
@@ -93,7 +95,9 @@ def test_token_order_one_tube_moves_one_token(tmp_path, family):
         moved = (bb(x2) - base).abs().amax(2) > 1e-5  # [B, n, h, w]
         expect = torch.zeros_like(moved)
         expect[1, t // tub, y, xx] = True
-        assert torch.equal(moved, expect), f"{family}: tube (t={t}, y={y}, x={xx}) moved {moved.nonzero().tolist()}"
+        assert torch.equal(moved, expect), (
+            f"{family}: tube (t={t}, y={y}, x={xx}) moved {moved.nonzero().tolist()}"
+        )
 
 
 def _index(family: str, n: int, h: int, w: int) -> tuple[int, torch.Tensor]:
@@ -201,7 +205,8 @@ def train_end_to_end(name: str, data, tmp_path, checkpoint=None) -> dict:
     s = extract(data, url, name, checkpoint=checkpoint, cfg=ExtractConfig(workers=0, progress=False))
     assert s["done"] == 21 and not s["failed"]
     cache = open_cache(url)
-    m = T.train(T.TrainConfig(head="ste", depth=1, epochs=2, batch_size=8), str(url), runs_root=tmp_path / "runs",
+    cfg = T.TrainConfig(head="ste", depth=1, epochs=2, batch_size=8)
+    m = T.train(cfg, str(url), runs_root=tmp_path / "runs",
                 progress=False)  # fmt: skip
     assert m["epochs"] == 2 and m["test_clips"] == 7 and m["val_clips"] == 7
     assert 0 <= m["test"][m["main_metric"]] <= 1 and 0 <= m["val"][m["main_metric"]] <= 1

@@ -1,4 +1,4 @@
-"""`--checkpoint hf://org/repo/path` from a hand-built Hugging Face hub cache, offline; `stecache backbones`."""
+"""`--checkpoint hf://org/repo/path` from a hand-built hub cache, offline; the `stecache backbones` table."""
 
 from __future__ import annotations
 
@@ -72,8 +72,12 @@ def test_backbones_command_lists_every_entry():
     lines = out.output.splitlines()
     for name in [*BACKBONES, "image:<dir>", "hf:<dir>", "timm:<model>"]:
         assert any(line.split()[0] == name for line in lines), name
-    assert any(line.startswith("videomaev2 ") and "[8, 768, 14, 14]" in line and "T=16" in line for line in lines)
-    assert any(line.startswith("uniformerv2 ") and "[8, 768, 14, 14]" in line and "T=8" in line for line in lines)
+    assert any(
+        line.startswith("videomaev2 ") and "[8, 768, 14, 14]" in line and "T=16" in line for line in lines
+    )
+    assert any(
+        line.startswith("uniformerv2 ") and "[8, 768, 14, 14]" in line and "T=8" in line for line in lines
+    )
     assert BACKBONE_PREFIXES == PREFIXES
     bad = CliRunner().invoke(cli, ["extract", "--backbone", "hf:"])
     assert bad.exit_code == 2 and "hf:<dir>" in bad.output

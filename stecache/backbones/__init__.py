@@ -50,7 +50,9 @@ def load(
         source, checkpoint = str(checkpoint), hub.resolve(str(checkpoint))
     if name.startswith(("image:", "hf:")):
         if checkpoint is not None:
-            raise CheckpointMismatch(f"{name}: the directory in the name holds the weights; drop --checkpoint")
+            raise CheckpointMismatch(
+                f"{name}: the directory in the name holds the weights; drop --checkpoint"
+            )
         if name.startswith("image:"):
             from stecache.backbones import image
 

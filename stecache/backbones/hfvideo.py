@@ -54,7 +54,9 @@ class HFVideoEncoder(Backbone):
             )
         arch = (raw.get("architectures") or [FAMILIES[kind][0]])[0]
         if arch not in FAMILIES[kind]:
-            raise CheckpointMismatch(f"hf:{path}: architecture {arch} not supported; expected {FAMILIES[kind]}")
+            raise CheckpointMismatch(
+                f"hf:{path}: architecture {arch} not supported; expected {FAMILIES[kind]}"
+            )
         try:
             cls = getattr(transformers, arch)
         except (AttributeError, ImportError) as e:  # an older transformers (V-JEPA 2 needs >= 4.53)
@@ -101,7 +103,13 @@ class HFVideoEncoder(Backbone):
             "patch": patch,
             "tubelet": tubelet,
             "width": cfg.hidden_size,
-            "sampling": {"rule": "uniform", "clip_len": T, "frame_interval": 1, "num_clips": 1, "test_mode": True},
+            "sampling": {
+                "rule": "uniform",
+                "clip_len": T,
+                "frame_interval": 1,
+                "num_clips": 1,
+                "test_mode": True,
+            },
             "preprocess": pre,
             "test_views": [1, 3],
             "feature_layer": "last hidden state (after the model's final norm, if any), CLS/register dropped",
@@ -119,7 +127,9 @@ class HFVideoEncoder(Backbone):
             return cfg.num_frames, _pair(cfg.image_size), _pair(cfg.patch_size), cfg.tubelet_size
         if self.kind == "timesformer":
             if cfg.attention_type != "divided_space_time":
-                raise CheckpointMismatch(f"TimeSformer attention_type {cfg.attention_type!r}: only divided_space_time")
+                raise CheckpointMismatch(
+                    f"TimeSformer attention_type {cfg.attention_type!r}: only divided_space_time"
+                )
             return cfg.num_frames, _pair(cfg.image_size), _pair(cfg.patch_size), 1
         return cfg.num_frames, _pair(cfg.image_size), _pair(cfg.patch_size), 1  # xclip
 

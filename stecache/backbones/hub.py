@@ -34,7 +34,9 @@ def resolve(url: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:
-        raise CheckpointMismatch(f"checkpoint {url}: needs huggingface_hub (pip install huggingface_hub)") from e
+        raise CheckpointMismatch(
+            f"checkpoint {url}: needs huggingface_hub (pip install huggingface_hub)"
+        ) from e
     try:
         return Path(hf_hub_download(repo_id, filename, revision=revision))
     except Exception as e:  # noqa: BLE001 - offline miss, unknown repo, auth: one clear line

@@ -23,7 +23,8 @@ def _protocol(cfg: dict) -> str:
     rule = f"dense x{s['frame_interval']}" if s["rule"] == "dense" else s["rule"]
     mean = "ImageNet" if p["mean"][0] == 123.675 else f"mean {p['mean'][0]:g}/std {p['std'][0]:g}"
     views = "x".join(map(str, cfg["test_views"]))
-    return f"T={cfg['frames']} {rule}; short side {p['short_side']}, {p['crop_size']}² crop; {mean}; test {views}"
+    size = f"short side {p['short_side']}, {p['crop_size']}² crop"
+    return f"T={cfg['frames']} {rule}; {size}; {mean}; test {views}"
 
 
 def _shape(cfg: dict) -> str:
@@ -40,8 +41,11 @@ def rows() -> list[tuple[str, str, str, str]]:
     named = [
         ("videomaev2", videomae.BASE, "ViT (S/B/L/H/g from the checkpoint's shapes), any even --frames"),
         ("videomaev2-tiny", videomae.TINY, "tiny random VideoMAEv2 for tests and demos"),
-        ("uniformerv2", uniformer.BASE, "B/16, L/14, L/14@336; LMHRA, down-sampling, global blocks from "
-                                        "the checkpoint; any --frames"),  # fmt: skip
+        (
+            "uniformerv2",
+            uniformer.BASE,
+            "B/16, L/14, L/14@336; LMHRA, down-sampling, global blocks from the checkpoint; any --frames",
+        ),  # fmt: skip
         ("uniformerv2-tiny", uniformer.TINY, "tiny random UniFormerV2 for tests and demos"),
     ]
     return [(n, _protocol(c), _shape(c), what) for n, c, what in named] + OPEN

@@ -65,10 +65,20 @@ class TimmEncoder(Backbone):
             "frames": frames,
             "size": size,
             "width": self.channels,
-            "sampling": {"rule": "uniform", "clip_len": frames, "frame_interval": 1, "num_clips": 1,
-                         "test_mode": True},  # fmt: skip
-            "preprocess": {"short_side": round(size / crop_pct), "crop_size": size, "crop": "center",
-                           "mean": mean, "std": std},  # fmt: skip
+            "sampling": {
+                "rule": "uniform",
+                "clip_len": frames,
+                "frame_interval": 1,
+                "num_clips": 1,
+                "test_mode": True,
+            },  # fmt: skip
+            "preprocess": {
+                "short_side": round(size / crop_pct),
+                "crop_size": size,
+                "crop": "center",
+                "mean": mean,
+                "std": std,
+            },  # fmt: skip
             "test_views": [1, 3],
             "feature_layer": "forward_features: tokens without prefix tokens / last feature map",
         }
@@ -85,7 +95,9 @@ class TimmEncoder(Backbone):
             return feats.permute(0, 3, 1, 2)  # NHWC (Swin, some MLP models)
         if feats.ndim == 4:
             return feats
-        raise CheckpointMismatch(f"{self.name}: forward_features gave {list(feats.shape)}, not tokens or a map")
+        raise CheckpointMismatch(
+            f"{self.name}: forward_features gave {list(feats.shape)}, not tokens or a map"
+        )
 
     def _features(self, clips: torch.Tensor) -> torch.Tensor:
         B, _, T, H, W = clips.shape
@@ -120,7 +132,9 @@ def build(model_name: str, checkpoint: Path | None, frames: int | None = None) -
     if checkpoint is None:
         warn_random(model.name)
     elif checkpoint.is_dir():
-        raise CheckpointMismatch(f"checkpoint {checkpoint}: timm:<model> needs a weights file, not a directory")
+        raise CheckpointMismatch(
+            f"checkpoint {checkpoint}: timm:<model> needs a weights file, not a directory"
+        )
     else:
         model.load_checkpoint(checkpoint)
     return model

@@ -91,8 +91,16 @@ def arch_from_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> dict:
     n = 1 + max((int(k.split(".")[2]) for k in sd if k.startswith("transformer.dec.")), default=-1)
     heads = HEADS.get(c, cfg["heads"] if c == cfg["width"] else max(1, c // 64))
     out = cfg | {"width": c, "patch": p, "size": s * p, "layers": layers or cfg["layers"]}
-    out |= {"heads": heads, "n_head": heads, "temporal_downsample": kt > 1, "kernel_size": kt if kt > 1 else 3}
-    out |= {"no_lmhra": not any(".lmhra1." in k for k in sd), "double_lmhra": any(".lmhra2." in k for k in sd)}
+    out |= {
+        "heads": heads,
+        "n_head": heads,
+        "temporal_downsample": kt > 1,
+        "kernel_size": kt if kt > 1 else 3,
+    }
+    out |= {
+        "no_lmhra": not any(".lmhra1." in k for k in sd),
+        "double_lmhra": any(".lmhra2." in k for k in sd),
+    }
     inner = sd.get("transformer.resblocks.0.lmhra1.pos_embed.1.weight")
     if inner is not None:  # the reduction that gives this inner width (1.5 in every official config)
         r = inner.shape[0]
@@ -297,7 +305,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
 
 
 def build(cfg: dict, name: str, checkpoint: Path | None, frames: int | None = None) -> UniFormerV2:
-    """A UniFormerV2 backbone with the checkpoint's architecture at T frames; random weights (loudly) if None."""
+    """UniFormerV2 with the checkpoint's architecture at T frames; random weights (loudly) if None."""
     if checkpoint is None:
         model = UniFormerV2(name, with_frames(cfg, frames))
         warn_random(name)

@@ -245,7 +245,12 @@ def read_official(path: Path, cfg: dict) -> tuple[dict, dict[str, torch.Tensor]]
     pos = sd.pop("pos_embed", None)
     cfg = arch_from_shapes(sd, cfg)
     check_pos_embed(pos, cfg, path)
-    check_keys(sd, official_shapes(cfg), path, f"VideoMAEv2 (official layout, width {cfg['width']}, depth {cfg['depth']})")
+    check_keys(
+        sd,
+        official_shapes(cfg),
+        path,
+        f"VideoMAEv2 (official layout, width {cfg['width']}, depth {cfg['depth']})",
+    )
     return cfg, to_transformers(sd, cfg["width"])
 
 
@@ -253,7 +258,9 @@ def read_transformers_dir(path: Path, cfg: dict) -> tuple[dict, dict[str, torch.
     """(cfg from config.json, state dict in this module's keys, weight files) of a save_pretrained dir."""
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
-        raise CheckpointMismatch(f"checkpoint directory {path}: no config.json (not a transformers model dir)")
+        raise CheckpointMismatch(
+            f"checkpoint directory {path}: no config.json (not a transformers model dir)"
+        )
     got = json.loads(cfg_file.read_text())
     if got.get("model_type") not in (None, "videomae"):
         raise CheckpointMismatch(f"{cfg_file}: model_type {got['model_type']!r} is not videomae")
