@@ -38,61 +38,21 @@ def _pair(v) -> int:
 class HFVideoEncoder(Backbone):
     """A transformers video model: [B, 3, T, H, W] -> [B, n, c, h, w] and its own pooled vector."""
 
-    def __init__(self, path: Path, frames: int | None):
+    def __init__(self, model, name: str, frames: int | None, preprocess_dir: Path):
+        """Wrap a loaded transformers `model` (see `build`); `preprocess_dir` holds its preprocessor json."""
         super().__init__()
-        import transformers
-
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise CheckpointMismatch(f"hf:{path}: no config.json there (save the model with save_pretrained)")
-        raw = json.loads(cfg_file.read_text())
-        kind = raw.get("model_type")
-        if kind not in FAMILIES:
-            raise CheckpointMismatch(
-                f"hf:{path}: model_type {kind!r} is not a supported video encoder "
-                f"({', '.join(sorted(FAMILIES))}); per-frame image encoders go by image:<dir>"
-            )
-        arch = (raw.get("architectures") or [FAMILIES[kind][0]])[0]
-        if arch not in FAMILIES[kind]:
-            raise CheckpointMismatch(
-                f"hf:{path}: architecture {arch} not supported; expected {FAMILIES[kind]}"
-            )
-        try:
-            cls = getattr(transformers, arch)
-        except (AttributeError, ImportError) as e:  # an older transformers (V-JEPA 2 needs >= 4.53)
-            raise CheckpointMismatch(
-                f"hf:{path}: transformers {transformers.__version__} has no {arch} ({type(e).__name__}); "
-                "upgrade transformers"
-            ) from e
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-        if not files:
-            raise CheckpointMismatch(f"hf:{path}: no *.safetensors or *.bin weights")
-        kw = {"local_files_only": True, "output_loading_info": True}
-        try:
-            try:
-                model, info = cls.from_pretrained(path, attn_implementation="sdpa", **kw)
-            except (ValueError, ImportError):  # a class without SDPA support
-                model, info = cls.from_pretrained(path, **kw)
-        except (RuntimeError, OSError, ValueError) as e:  # mis-shaped weights, unreadable files
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointMismatch(f"hf:{path}: weights do not fit {arch}: {first}") from e
-        if info["missing_keys"] or info["mismatched_keys"]:
-            raise CheckpointMismatch(
-                f"hf:{path}: weights do not fit {arch}; missing keys: "
-                f"{', '.join(sorted(info['missing_keys'])[:12])}; "
-                f"wrong shapes: {sorted(map(str, info['mismatched_keys']))[:12]}"
-            )
+        kind, arch = model.config.model_type, type(model).__name__
         self.kind, self.model = ("xclip" if kind.startswith("xclip") else kind), model
         cfg = model.config.vision_config if kind == "xclip" else model.config
         native, size, patch, tubelet = self._geometry(cfg)
         T = native if frames is None else frames
         if T % tubelet or (self.kind != "vjepa2" and T != native):  # V-JEPA 2 (RoPE) alone takes any T
             raise CheckpointMismatch(
-                f"hf:{path}: --frames {T} does not fit {arch}: its position/time embeddings are sized for "
+                f"{name}: --frames {T} does not fit {arch}: its position/time embeddings are sized for "
                 f"{native} frames (tubelet {tubelet})"
             )
-        pre = read_preprocess(path, size)
-        self.name, self.frames, self.size, self.channels = f"hf:{path}", T, size, cfg.hidden_size
+        pre = read_preprocess(preprocess_dir, size)  # no json there: ImageNet mean/std at the model size
+        self.name, self.frames, self.size, self.channels = name, T, size, cfg.hidden_size
         self.grid = (T // tubelet, size // patch, size // patch)
         self.config = {
             "family": "hf",
@@ -114,7 +74,6 @@ class HFVideoEncoder(Backbone):
             "test_views": [1, 3],
             "feature_layer": "last hidden state (after the model's final norm, if any), CLS/register dropped",
         }
-        self.checkpoint, self.checkpoint_sha256 = str(path), sha256_files(files)
 
     def _geometry(self, cfg) -> tuple[int, int, int, int]:
         """(native frames, input size, patch, tubelet) of this family's config."""
@@ -184,9 +143,57 @@ class HFVideoEncoder(Backbone):
         return tokens, out.pooler_output.reshape(B, self.frames, -1).mean(1)  # xclip: per-frame CLS
 
 
+def load_model(path: Path):
+    """(model, weight files) saved in `path` (class from config.json), checked to load completely."""
+    import transformers
+
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointMismatch(f"hf:{path}: no config.json there (save the model with save_pretrained)")
+    raw = json.loads(cfg_file.read_text())
+    kind = raw.get("model_type")
+    if kind not in FAMILIES:
+        raise CheckpointMismatch(
+            f"hf:{path}: model_type {kind!r} is not a supported video encoder "
+            f"({', '.join(sorted(FAMILIES))}); per-frame image encoders go by image:<dir>"
+        )
+    arch = (raw.get("architectures") or [FAMILIES[kind][0]])[0]
+    if arch not in FAMILIES[kind]:
+        raise CheckpointMismatch(f"hf:{path}: architecture {arch} not supported; expected {FAMILIES[kind]}")
+    try:
+        cls = getattr(transformers, arch)
+    except (AttributeError, ImportError) as e:  # an older transformers (V-JEPA 2 needs >= 4.53)
+        raise CheckpointMismatch(
+            f"hf:{path}: transformers {transformers.__version__} has no {arch} ({type(e).__name__}); "
+            "upgrade transformers"
+        ) from e
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        raise CheckpointMismatch(f"hf:{path}: no *.safetensors or *.bin weights")
+    kw = {"local_files_only": True, "output_loading_info": True}
+    try:
+        try:
+            model, info = cls.from_pretrained(path, attn_implementation="sdpa", **kw)
+        except (ValueError, ImportError):  # a class without SDPA support
+            model, info = cls.from_pretrained(path, **kw)
+    except (RuntimeError, OSError, ValueError) as e:  # mis-shaped weights, unreadable files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointMismatch(f"hf:{path}: weights do not fit {arch}: {first}") from e
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise CheckpointMismatch(
+            f"hf:{path}: weights do not fit {arch}; missing keys: "
+            f"{', '.join(sorted(info['missing_keys'])[:12])}; "
+            f"wrong shapes: {sorted(map(str, info['mismatched_keys']))[:12]}"
+        )
+    return model.eval(), files
+
+
 def build(path: str | Path, frames: int | None = None) -> HFVideoEncoder:
     """A video encoder from a local transformers directory."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise CheckpointMismatch(f"hf:{path}: not a directory (expected a transformers save_pretrained dir)")
-    return HFVideoEncoder(path, frames)
+    model, files = load_model(path)
+    enc = HFVideoEncoder(model, f"hf:{path}", frames, path)
+    enc.checkpoint, enc.checkpoint_sha256 = str(path), sha256_files(files)
+    return enc
