@@ -209,4 +209,7 @@ def test_frames_is_recorded_and_resume_with_other_frames_refused(tmp_path):
     assert cache.attrs["sampling"]["clip_len"] == 4
     with pytest.raises(CacheMismatch):
         extract(ds, tmp_path / "c.zarr", "uniformerv2-tiny", cfg=cfg, frames=6)
+    from stecache.predict import load_backbone
+
+    assert load_backbone(cache.attrs["backbone"]).frames == 4  # predict rebuilds the cache's T
     np.testing.assert_array_equal(cache.done, True)
