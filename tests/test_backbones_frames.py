@@ -203,7 +203,13 @@ def test_frames_is_recorded_and_resume_with_other_frames_refused(tmp_path):
     synthesize(tmp_path / "d", n_clips=4)
     ds = load_dataset_dir(tmp_path / "d")
     cfg = ExtractConfig(workers=0, progress=False)
-    extract(ds, tmp_path / "c.zarr", "uniformerv2-tiny", cfg=cfg, frames=4)
+    from click.testing import CliRunner
+
+    from stecache.cli import cli
+
+    args = ["extract", "--backbone", "uniformerv2-tiny", "--frames", "4", "--data", str(tmp_path / "d")]
+    out = CliRunner().invoke(cli, [*args, "--cache", str(tmp_path / "c.zarr"), "--workers", "0"])
+    assert out.exit_code == 0, out.output
     cache = open_cache(tmp_path / "c.zarr")
     assert cache.attrs["backbone"]["frames"] == 4 and cache.feature_shape[0] == 4
     assert cache.attrs["sampling"]["clip_len"] == 4
