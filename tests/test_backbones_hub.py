@@ -82,7 +82,7 @@ def test_backbones_command_lists_every_entry():
     from stecache.extract import default_cache_path
 
     assert default_cache_path("hf:ckpt/videomae-base").name == "cache-hf-videomae-base.zarr"
-    assert default_cache_path("timm:vit_small_patch14_dinov2").name == "cache-timm-vit_small_patch14_dinov2.zarr"
+    assert default_cache_path("timm:resnet50").name == "cache-timm-resnet50.zarr"
     bad = CliRunner().invoke(cli, ["extract", "--backbone", "hf:"])
     assert bad.exit_code == 2 and "hf:<dir>" in bad.output
     bad = CliRunner().invoke(cli, ["extract", "--backbone", "videomaev2-tiny", "--checkpoint", "nope.pth"])
