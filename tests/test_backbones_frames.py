@@ -219,3 +219,19 @@ def test_frames_is_recorded_and_resume_with_other_frames_refused(tmp_path):
 
     assert load_backbone(cache.attrs["backbone"]).frames == 4  # predict rebuilds the cache's T
     np.testing.assert_array_equal(cache.done, True)
+
+
+def test_uniformer_frozen_zoo_variant_pools_the_query(tmp_path):
+    """The zoo's frozen-backbone models have no `balance`: pooled = LN(query), the official `frozen` branch,
+    which is the reference forward with sigmoid(balance) = 0 exactly (balance = -1e4 in fp32)."""
+    sd = uniformer_ckpt(uniformer.TINY, seed=12)
+    frozen = {k: v for k, v in to_official(sd).items() if k != "backbone.transformer.balance"}
+    torch.save(frozen, tmp_path / "f.pyth")
+    model = load("uniformerv2-tiny", checkpoint=tmp_path / "f.pyth")
+    assert model.config["frozen"] and model.transformer.balance is None
+    x = clips_for(uniformer.TINY)
+    ref_tokens, ref_pooled = ref_uniformer(sd | {"backbone.transformer.balance": torch.full((64,), -1e4)}, x,
+                                           uniformer.TINY)  # fmt: skip
+    tokens, pooled = model.encode(x)
+    assert (tokens - ref_tokens).abs().max() < TOL and (pooled - ref_pooled).abs().max() < TOL
+    assert (pooled - ref_uniformer(sd, x, uniformer.TINY)[1]).abs().max() > 1e-2  # the branch matters

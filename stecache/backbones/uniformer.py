@@ -107,6 +107,7 @@ def arch_from_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> dict:
         out["dw_reduction"] = next((d for d in (1.5, 2.0, 1.0, 3.0, 4.0) if lmhra_width(c, d) == r), c / r)
     if n:
         out["return_list"] = list(range(out["layers"] - n, out["layers"]))
+        out["frozen"] = "transformer.balance" not in sd  # zoo frozen-backbone models: LN(query) only
     fc = sd.get("transformer.dec.0.mlp.c_fc.weight")
     if fc is not None:
         out["mlp_factor"] = fc.shape[0] / c
@@ -233,7 +234,8 @@ class Transformer(nn.Module):
         self.dpe = nn.ModuleList(nn.Conv3d(c, c, 3, padding=1, groups=c) for _ in range(n))
         self.dec = nn.ModuleList(GlobalBlock(c, cfg["n_head"], cfg["mlp_factor"]) for _ in range(n))
         self.norm = nn.LayerNorm(c)
-        self.balance = nn.Parameter(torch.zeros(c))
+        # the zoo's "frozen" models (frozen_k710_l14_f8x336, ...) have no balance: pooled = LN(query)
+        self.balance = None if cfg.get("frozen") else nn.Parameter(torch.zeros(c))
 
 
 class UniFormerV2(Backbone):
@@ -278,6 +280,8 @@ class UniFormerV2(Backbone):
         tokens = x[:, 1:].reshape(N, t, h, w, c).permute(0, 1, 4, 2, 3)  # [N, t, c, h, w]
         if not pooled:
             return tokens, None
+        if tr.balance is None:
+            return tokens, tr.norm(query[:, 0])
         weight = torch.sigmoid(tr.balance)
         frame_cls = x[:, 0].reshape(N, t, c).mean(1)  # [N, c]
         return tokens, tr.norm((1 - weight) * query[:, 0] + weight * frame_cls)
