@@ -60,7 +60,7 @@ def _perturb(model, seed=0):
         for k, p in model.named_parameters():
             if "norm" in k and k.endswith("weight"):
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
-            elif p.ndim == 1 or "token" in k or "embed" in k:
+            elif p.ndim <= 1 or "token" in k or "embed" in k:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / max(1, p[0].numel()) ** 0.5)
@@ -222,3 +222,21 @@ def test_head_trains_end_to_end_on_synthetic_data(tiny_data, tmp_path, family):
     _, _, _, T, tub, _ = _config(family, 1)
     assert out["cache"].feature_shape == (T // tub, 32, 4, 4)
     assert out["cache"].attrs["backbone"]["frames"] == T
+
+
+def test_full_xclip_model_uses_its_vision_tower(tmp_path):
+    vision = _config("xclip", 1)[0].to_dict()
+    text = dict(vocab_size=50, num_hidden_layers=1, **SMALL)
+    mit = dict(mit_hidden_size=32, mit_intermediate_size=64)
+    cfg = tf.XCLIPConfig(text_config=text, vision_config=vision, projection_dim=16, prompt_layers=1,
+                         prompt_num_attention_heads=2, **mit)  # fmt: skip
+    model = _perturb(tf.XCLIPModel(cfg), seed=5)
+    model.save_pretrained(tmp_path / "xclip")
+    bb = load(f"hf:{tmp_path / 'xclip'}")
+    x = _clips(seed=6)
+    with torch.no_grad():
+        out = model.vision_model(pixel_values=x.transpose(1, 2).reshape(-1, 3, 32, 32))
+    tokens, pooled = bb.encode(x)
+    expect = out.last_hidden_state[:, 1:].reshape(2, 4, 4, 4, 32).permute(0, 1, 4, 2, 3)
+    assert (tokens - expect).abs().max() <= TOL
+    assert (pooled - out.pooler_output.reshape(2, 4, 32).mean(1)).abs().max() <= TOL
