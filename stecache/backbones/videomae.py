@@ -2,7 +2,7 @@
 
 Loads the official model-zoo file (`vit_b_k710_dl_from_giant.pth`: flat or under `module`/`model`, often
 fp16, fused `qkv.weight` + `q_bias`/`v_bias`), the mmaction2-converted layout, or a transformers directory.
-Tokens are block 11's output before `fc_norm`, token p = t*h*w + y*w + x -> [B, n, c, h, w]; the pooled
+Tokens are the last block's output before `fc_norm`, token p = t*h*w + y*w + x -> [B, n, c, h, w]; the pooled
 vector is `fc_norm(mean(tokens))` with the official eps 1e-6 (transformers' classifier uses 1e-5).
 Sizes S/B/L/H/g (width, depth, MLP, patch, tubelet) are read from the checkpoint's shapes; T is any
 multiple of the tubelet (native 16), with the fixed sinusoid table computed for T's token count in
