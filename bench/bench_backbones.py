@@ -1,98 +1,167 @@
-"""Seconds per clip of the base backbones' forward on this CPU, their FLOPs, and fraction of matmul peak.
+"""Seconds per clip of every backbone family's forward at base size on this CPU; fraction of matmul peak.
 
-Runs videomaev2 and uniformerv2 (random weights: speed does not depend on the values) at batch 1 and 4,
-interleaved A B C D A B C D with the fp32 matmul canary in the same loop, plus the tiny variants.
-FLOPs = matmuls/convs counted by torch's FlopCounterMode + attention (q.k and attn.v) added analytically,
-because the counter does not see CPU SDPA. Run: `python -m bench backbones` (about 1-3 minutes).
+Runs (random weights: speed does not depend on the values) videomaev2, uniformerv2 at 8 and 16 frames,
+the transformers video families through `hf:` (VideoMAE-B, TimeSformer-B, X-CLIP-B/32 vision, ViViT-B,
+V-JEPA 2-L) and timm per-frame encoders (ViT-B/16, ResNet-50; skipped without timm), one clip per
+forward, interleaved with the fp32 matmul canary in the same loop; the two heaviest (ViViT, V-JEPA 2) in
+a second, single-round loop. FLOPs = torch's FlopCounterMode with SDPA swapped for its math form during
+the count (the counter does not see CPU SDPA), so attention (4·L²·c) is included.
+Run: `python -m bench backbones` (about 4-6 minutes on 2 shared cores).
 """
 
 from __future__ import annotations
 
+import tempfile
 import warnings
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import interleave, machine_line, median, write_section
 
+NOTES = (
+    "ViViT-B (32 frames, 3,136 tokens in one attention) and V-JEPA 2-L (the smallest released V-JEPA 2, "
+    "at its 16-frame 256² protocol) take tens of seconds per clip on 2 shared cores, so they ran once: a "
+    "GPU job in practice. This 2-core VM switches between speed levels ~3× apart and is shared with other "
+    "jobs, so absolute times are noisy; the fraction of the matmul canary is the comparable number (above "
+    "100% means the canary hit a slower moment than the model). What limits it: the non-matmul work "
+    "(LayerNorm, GELU, softmax inside SDPA, reshapes, patch-embedding convs; for ResNet-50 the "
+    "convolutions themselves) runs below matmul peak."
+)
 
-def attention_flops(model) -> int:
-    """q.k^T and attn.v FLOPs of one clip (4 * L^2 * c per attention over L tokens)."""
-    cfg = model.config
-    n, h, w = model.grid
-    if cfg["family"] == "videomaev2":
-        return cfg["depth"] * 4 * (n * h * w) ** 2 * cfg["width"]
-    return cfg["layers"] * n * 4 * (1 + h * w) ** 2 * cfg["width"]  # per frame, over 1 + h*w tokens
+
+def _math_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """scaled_dot_product_attention as plain matmuls, so FlopCounterMode counts q.k^T and attn.v."""
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+    a = (q @ k.transpose(-2, -1)) * (scale if scale is not None else q.shape[-1] ** -0.5)
+    if attn_mask is not None:
+        a = a.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else a + attn_mask
+    return a.softmax(-1) @ v
 
 
 def clip_flops(model) -> int:
-    """Forward FLOPs per clip (token map only, as `backbone(clips)` runs)."""
+    """Forward FLOPs per clip (token map only, as `backbone(clips)` runs); also warms the model up."""
     x = torch.randn(1, 3, model.frames, model.size, model.size)
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() + attention_flops(model)
+    sdpa = F.scaled_dot_product_attention
+    F.scaled_dot_product_attention = _math_sdpa
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        F.scaled_dot_product_attention = sdpa
+    return counter.get_total_flops()
 
 
-def main(rounds: int = 2, names=("videomaev2", "uniformerv2"), batches=(1, 4)) -> dict:
-    """Time the base backbones (interleaved) and the tiny ones; write the BENCHMARKS.md section."""
+def _hf(config_cls: str, model_cls: str, **kw):
+    """A base-size transformers video model (random init) wrapped as an hf: backbone."""
+    import transformers
+
+    from stecache.backbones.hfvideo import HFVideoEncoder
+
+    def make():
+        torch.manual_seed(0)
+        model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kw)).eval()
+        with tempfile.TemporaryDirectory() as d:  # no preprocessor json: ImageNet defaults
+            return HFVideoEncoder(model, f"hf:{model_cls}", None, Path(d)).freeze("cpu")
+
+    return make
+
+
+def _timm(name: str):
+    def make():
+        from stecache.backbones.timmenc import TimmEncoder
+
+        return TimmEncoder(name, 8).freeze("cpu")
+
+    return make
+
+
+def entries() -> tuple[dict, dict]:
+    """(light, heavy): label -> constructor of each family's base-size backbone."""
+    from stecache.backbones import load
+
+    light = {
+        "videomaev2 B/16 T=16": lambda: load("videomaev2"),
+        "uniformerv2 B/16 T=8": lambda: load("uniformerv2"),
+        "uniformerv2 B/16 T=16": lambda: load("uniformerv2", frames=16),
+        "hf VideoMAE-B T=16": _hf("VideoMAEConfig", "VideoMAEModel"),
+        "hf TimeSformer-B T=8": _hf("TimesformerConfig", "TimesformerModel"),
+        "hf X-CLIP-B/32 vision T=8": _hf("XCLIPVisionConfig", "XCLIPVisionModel"),
+    }
+    try:
+        import timm  # noqa: F401
+
+        light |= {
+            "timm vit_base_patch16_224 T=8": _timm("vit_base_patch16_224"),
+            "timm resnet50 T=8": _timm("resnet50"),
+        }
+    except Exception:  # noqa: BLE001 - timm is optional (and needs a torchvision that fits torch)
+        pass
+    heavy = {
+        "hf ViViT-B T=32": _hf("VivitConfig", "VivitModel"),
+        "hf V-JEPA 2-L T=16 256²": _hf("VJEPA2Config", "VJEPA2Model", frames_per_clip=16),
+    }
+    return light, heavy
+
+
+def _time(makers: dict, rounds: int) -> tuple[dict, dict, float, list]:
+    """Build, count FLOPs (= warm-up), then time the group interleaved with the canary."""
+    models = {k: make() for k, make in makers.items()}
+    flops = {k: clip_flops(m) for k, m in models.items()}
+    x = {k: torch.randn(1, 3, m.frames, m.size, m.size) for k, m in models.items()}
+    times = interleave({k: (lambda m=m, x=x[k]: m(x)) for k, m in models.items()}, rounds=rounds, warmup=0)
+    canaries = times.pop("_canary_gflops")
+    return times, flops, median(canaries), canaries
+
+
+def main(rounds: int = 2) -> dict:
+    """Time every family at base size (interleaved) and the tiny entries; write the BENCHMARKS.md section."""
     from stecache.backbones import load
 
     torch.set_num_threads(2)
+    light, heavy = entries()
     with warnings.catch_warnings():  # random weights are intended here
         warnings.simplefilter("ignore")
-        models = {name: load(name) for name in names}
-        tiny = {n + "-tiny": load(n + "-tiny") for n in names}
-    flops = {name: clip_flops(m) for name, m in models.items()}
-    inputs = {b: {n: torch.randn(b, 3, m.frames, m.size, m.size) for n, m in models.items()} for b in batches}
-    for name, m in models.items():  # warm-up at batch 1 only (batch 4 is long)
-        m(inputs[batches[0]][name])
-    variants = {f"{n} B={b}": (lambda m=m, x=inputs[b][n]: m(x)) for b in batches for n, m in models.items()}
-    times = interleave(variants, rounds=rounds, warmup=0)
-    canary = median(times["_canary_gflops"])
-
+        groups = [_time(light, rounds), _time(heavy, 1)]
+        tiny = {n: load(n) for n in ("videomaev2-tiny", "uniformerv2-tiny")}
     tiny_x = {n: torch.randn(4, 3, m.frames, m.size, m.size) for n, m in tiny.items()}
-    tiny_times = interleave(
-        {n: (lambda m=m, x=tiny_x[n]: m(x)) for n, m in tiny.items()}, rounds=20, warmup=2
-    )
+    tiny_fns = {n: (lambda m=m, x=tiny_x[n]: m(x)) for n, m in tiny.items()}
+    tiny_times = interleave(tiny_fns, rounds=20, warmup=2)
 
     rows = [
-        "| backbone | batch | s/clip (median) | spread | GFLOP/clip | GFLOP/s | fraction of matmul |",
-        "|---|---|---|---|---|---|---|",
+        "| backbone (1 clip) | s/clip (median) | spread | GFLOP/clip | GFLOP/s | fraction of matmul |",
+        "|---|---|---|---|---|---|",
     ]
-    result = {"canary_gflops": canary}
-    for key, ts in times.items():
-        if key.startswith("_"):
-            continue
-        name, b = key.split(" B=")
-        per_clip = median(ts) / int(b)
-        gflops = flops[name] / 1e9
-        rate = gflops / per_clip
-        spread = (max(ts) - min(ts)) / median(ts)
-        cells = [
-            name,
-            b,
-            f"{per_clip:.3f}",
-            f"{spread:.0%}",
-            f"{gflops:.1f}",
-            f"{rate:.0f}",
-            f"{rate / canary:.0%}",
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
-        result[key] = {"s_per_clip": per_clip, "gflop": gflops, "fraction": rate / canary}
+    result = {}
+    for times, flops, canary, _ in groups:
+        for key, ts in times.items():
+            per_clip, gflops = median(ts), flops[key] / 1e9
+            rate = gflops / per_clip
+            spread = f"{(max(ts) - min(ts)) / per_clip:.0%}" if len(ts) > 1 else "1 round"
+            cells = [key, f"{per_clip:.2f}", spread, f"{gflops:.1f}", f"{rate:.0f}", f"{rate / canary:.0%}"]
+            rows.append("| " + " | ".join(cells) + " |")
+            result[key] = {"s_per_clip": per_clip, "gflop": gflops, "fraction": rate / canary}
     for name, ts in tiny_times.items():
         if not name.startswith("_"):
-            rows.append(f"| {name} | 4 | {median(ts) / 4 * 1e3:.2f} ms | | | | |")
-            result[name] = {"s_per_clip": median(ts) / 4}
-    canaries = ", ".join(f"{c:.0f}" for c in times["_canary_gflops"])
+            rows.append(f"| {name} (batch 4) | {median(ts) / 4 * 1e3:.2f} ms | | | | |")
+    u8, u16 = result["uniformerv2 B/16 T=8"], result["uniformerv2 B/16 T=16"]
+    result["uniformer_16_vs_8"] = {
+        "time": u16["s_per_clip"] / u8["s_per_clip"],
+        "flops": u16["gflop"] / u8["gflop"],
+    }
+    ratio = result["uniformer_16_vs_8"]
+    cans = "; ".join(f"{c:.0f} GFLOP/s (rounds: {', '.join(f'{x:.0f}' for x in cs)})" for *_, c, cs in groups)
+    timm_note = "" if any(k.startswith("timm") for k in result) else " No timm here: its rows are absent."
     body = "\n".join(rows) + (
-        f"\n\nfp32 1024³ matmul canary in the same loop: median {canary:.0f} GFLOP/s (rounds: {canaries}); "
-        f"{rounds} interleaved rounds after a batch-1 warm-up; {machine_line()}; random weights (speed does "
-        "not depend on values); CPU fp32 with SDPA attention. FLOPs = FlopCounterMode (matmuls, convs) + "
-        "attention 4·L²·c added analytically. This 2-core VM switches between two speed levels ~3× apart and "
-        "is shared with other jobs, so absolute times are noisy; the fraction of the matmul canary is the "
-        "comparable number (above 100% means the short canary hit a slower moment than the model). What "
-        "limits the fraction: the non-matmul work (LayerNorm, GELU/QuickGELU, softmax inside SDPA, "
-        "reshapes, the patch-embedding conv) is memory-bound and runs far below peak."
+        f"\n\nUniFormerV2 16 vs 8 frames: {ratio['time']:.2f}× the time per clip, {ratio['flops']:.2f}× the "
+        "FLOPs (the weights do not depend on T; every local and global block sees twice the tokens).\n\n"
+        f"fp32 1024³ matmul canary in the same loops (light group, {rounds} rounds; heavy group, 1 round): "
+        f"{cans}. FLOPs are counted on the forward that also serves as warm-up. {machine_line()}; CPU fp32 "
+        "with SDPA attention. " + NOTES + timm_note
     )
     write_section("Backbones: forward on CPU", body)
     return result

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The paper's full-size protocol (Tables I–III): Base backbones with official checkpoints, 16 frames, 224²,
+# The paper's full-size protocol (Tables I–III): Base backbones with official checkpoints, 16 frames at 224²
+# on BOTH backbones (§III-B; `--frames 16`: UniFormerV2's native protocol is 8, VideoMAEv2's is 16),
 # 100 epochs (5 warm-up + 95 cosine), lr 1e-3 per 256 clips, 3 seeds. Run on a GPU machine:
 #   VMAE_CKPT=vit_b_k710_dl_from_giant.pth UNIF_CKPT=uniformerv2_b16_k710_k400.pth \
 #   DATA="tinyvirat=/data/tinyvirat2 atomica=/data/atomica" sh pipelines/tables_full.sh
@@ -30,8 +31,8 @@ for entry in $DATA; do
         backbone=${bb%%:*}
         ckpt=${bb#*:}
         cache="$WORK/cache/$name-$backbone.zarr"
-        "$BIN/stecache" extract --backbone "$backbone" --checkpoint "$ckpt" --data "$dir" --cache "$cache" \
-            --device "$DEVICE"
+        "$BIN/stecache" extract --backbone "$backbone" --checkpoint "$ckpt" --frames 16 --data "$dir" \
+            --cache "$cache" --device "$DEVICE"
         CACHES="$CACHES $cache"
     done
 done

@@ -294,10 +294,24 @@ BACKBONE_NAMES = ("uniformerv2", "uniformerv2-tiny", "videomaev2", "videomaev2-t
 CODEC_NAMES = ("lz4", "none", "zstd")  # = cache.CODECS (tested); literal so --help needs no zarr
 
 
+BACKBONE_PREFIXES = ("image:", "hf:", "timm:")  # = backbones.PREFIXES (tested)
+
+
 def _backbone_name(ctx, param, value: str) -> str:
-    if value not in BACKBONE_NAMES and not (value.startswith("image:") and len(value) > 6):
-        raise click.BadParameter(f"{value!r}: choose one of {', '.join(BACKBONE_NAMES)} or image:<dir>")
+    open_family = any(value.startswith(p) and len(value) > len(p) for p in BACKBONE_PREFIXES)
+    if value not in BACKBONE_NAMES and not open_family:
+        raise click.BadParameter(
+            f"{value!r}: choose one of {', '.join(BACKBONE_NAMES)}, image:<dir>, hf:<dir> or timm:<model>"
+        )
     return value
+
+
+def _checkpoint(ctx, param, value: str | None) -> str | Path | None:
+    if value is None or value.startswith("hf://"):
+        return value
+    if not Path(value).expanduser().exists():
+        raise click.BadParameter(f"{value}: no such file or directory (or use hf://<org>/<repo>/<path>)")
+    return Path(value)
 
 
 def _split_files(ctx, param, values: tuple[str, ...]) -> list[tuple[str | None, Path]]:
@@ -379,12 +393,19 @@ def _dataset_options(f):
     "--backbone",
     required=True,
     callback=_backbone_name,
-    help=f"Encoder: {', '.join(BACKBONE_NAMES)}, or image:<dir> (a transformers vision model).",
+    help=f"Encoder: {', '.join(BACKBONE_NAMES)}, image:<dir> (transformers image model per frame), "
+    "hf:<dir> (transformers video model), timm:<model> (per frame); see `stecache backbones`.",
 )
 @click.option(
     "--checkpoint",
-    type=click.Path(exists=True, path_type=Path),
-    help="Official weights file/dir [default: random weights, for tests and demos].",
+    callback=_checkpoint,
+    help="Weights file/dir, or hf://<org>/<repo>/<path> from the Hugging Face hub cache "
+    "[default: random weights, for tests and demos].",
+)
+@click.option(
+    "--frames",
+    type=click.IntRange(1),
+    help="Frames per clip T [default: the backbone's native protocol; the paper uses 16].",
 )
 @click.option(
     "--data",
@@ -443,6 +464,7 @@ def _dataset_options(f):
 def extract(
     backbone,
     checkpoint,
+    frames,
     data,
     annotations,
     data_root,
@@ -490,7 +512,7 @@ def extract(
         device=device,
     )
     try:
-        s = run_extract(dataset, cache_url, backbone, checkpoint=checkpoint, cfg=cfg)
+        s = run_extract(dataset, cache_url, backbone, checkpoint=checkpoint, cfg=cfg, frames=frames)
     finally:
         if "://" not in str(cache_url) and Path(cache_url, "zarr.json").exists():
             remember_cache(cache_url)
@@ -546,6 +568,14 @@ def check_data(data, annotations, data_root, classes, multi_label, val_from_trai
         click.echo(format_report(report))
     if report["errors"]:
         raise click.ClickException(f"{report['errors']} clip(s) cannot be extracted (above)")
+
+
+@cli.command("backbones")
+def backbones_cmd():
+    """List every backbone entry, its native input protocol and its feature shape [n, c, h, w]."""
+    from .backbones.listing import table
+
+    click.echo(table())
 
 
 @cli.command()

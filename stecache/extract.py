@@ -215,22 +215,24 @@ def extract(
     *,
     checkpoint: str | Path | None = None,
     cfg: ExtractConfig = ExtractConfig(),
+    frames: int | None = None,
 ) -> dict:
     """Extract every clip of `dataset` into the cache at `cache_url` (created, or resumed if it exists).
 
-    `backbone` is a name for `backbones.load` or a Backbone-like module. Returns a summary dict; raises
+    `backbone` is a name for `backbones.load` (at `frames` frames; None = its native T) or a Backbone-like
+    module. Returns a summary dict; raises
     ExtractionFailed after finishing if clips failed (unless cfg.allow_failures), CacheMismatch if the cache
     holds other settings, CacheBusy if another extract is writing it.
     """
     rank, world, own_group = _dist()
     try:
-        return _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world)
+        return _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world, frames)
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
 
 
-def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict:
+def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world, frames=None) -> dict:
     t0 = time.perf_counter()
     if cfg.device:
         device = torch.device(cfg.device)
@@ -241,7 +243,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
     if isinstance(backbone, str):
         from .backbones import load
 
-        backbone = load(backbone, checkpoint, device)
+        backbone = load(backbone, checkpoint, device, frames=frames)
     else:
         backbone = backbone.to(device).eval()
     views = plan_views(backbone, cfg)
@@ -429,9 +431,10 @@ LAST_CACHE = WORK / "last_cache"  # holds the path of the cache `stecache extrac
 
 
 def default_cache_path(backbone: str) -> Path:
-    """work/cache-<backbone>.zarr, with image:<dir> named after the directory."""
-    if backbone.startswith("image:"):
-        backbone = "image-" + Path(backbone.removeprefix("image:")).name
+    """work/cache-<backbone>.zarr, with image:<dir> / hf:<dir> / timm:<model> named after the last part."""
+    for prefix in ("image:", "hf:", "timm:"):
+        if backbone.startswith(prefix):
+            backbone = prefix[:-1] + "-" + Path(backbone.removeprefix(prefix)).name
     return WORK / f"cache-{backbone}.zarr"
 
 

@@ -88,13 +88,13 @@ def load_backbone(prov: dict, checkpoint: str | Path | None = None, device="cpu"
         raise CheckpointMismatch(
             f"--checkpoint {checkpoint}: this run's cache was extracted with random {name} weights; drop it"
         )
-    if weights != "random" and checkpoint is None and not name.startswith("image:"):
+    if weights != "random" and checkpoint is None and not name.startswith(("image:", "hf:")):
         raise CheckpointMismatch(
             f"this run's cache was extracted with {name} checkpoint {prov.get('checkpoint')} "
             f"(sha256 {weights}); pass --checkpoint PATH to that file"
         )
     try:
-        backbone = load(name, checkpoint, device)
+        backbone = load(name, checkpoint, device, frames=prov.get("frames"))
     except ValueError as e:  # a backbone this stecache does not know
         raise RunError(f"cannot rebuild the run's backbone: {e}") from None
     got = backbone.provenance()
@@ -103,9 +103,8 @@ def load_backbone(prov: dict, checkpoint: str | Path | None = None, device="cpu"
             f"{checkpoint or name}: weights sha256 {got.get('weights')} != {weights} recorded in the cache; "
             "predictions would not match the trained head"
         )
-    diff = sorted(
-        k for k in prov if k != "checkpoint" and canonical_json(got.get(k)) != canonical_json(prov[k])
-    )
+    where = ("checkpoint", "checkpoint_source")  # where the file came from, not what it is
+    diff = sorted(k for k in prov if k not in where and canonical_json(got.get(k)) != canonical_json(prov[k]))
     if diff:
         raise CacheMismatch(
             f"backbone {name} built by this stecache differs from the cache's in {', '.join(diff)}: "

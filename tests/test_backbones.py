@@ -233,7 +233,12 @@ def test_videomae_transformers_directory(tmp_path):
         model.encoder.encoder.layer[0].attention.attention.query.bias,
         hf.videomae.encoder.layer[0].attention.attention.query.bias,
     )
-    with pytest.raises(CheckpointMismatch, match="hidden_size=64 .expected 768"):
+    big = load("videomaev2", checkpoint=tmp_path / "hf")  # sizes come from config.json, not the entry
+    assert (big.grid, big.channels, big.config["depth"]) == (model.grid, 64, 2)
+    assert torch.equal(big(x), tokens)
+    hf_cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_cfg | {"qv_bias": False}))
+    with pytest.raises(CheckpointMismatch, match="qv_bias=false"):
         load("videomaev2", checkpoint=tmp_path / "hf")
 
 
@@ -502,10 +507,10 @@ def test_missing_and_unexpected_keys_name_the_file(tmp_path):
     assert "unexpected keys: blocks.0.attn.extra" in msg
 
     usd = uniformer_ckpt(uniformer.TINY)
-    usd["backbone.conv1.weight"] = torch.zeros(64, 3, 3, 16, 16)
+    usd["backbone.transformer.dpe.0.weight"] = torch.zeros(64, 1, 3, 3, 5)  # conv1 would be a variant
     torch.save(usd, tmp_path / "u.pth")
     with pytest.raises(
-        CheckpointMismatch, match=r"wrong shapes: conv1.weight: checkpoint \[64, 3, 3, 16, 16\]"
+        CheckpointMismatch, match=r"wrong shapes: transformer.dpe.0.weight: checkpoint \[64, 1, 3, 3, 5\]"
     ):
         load("uniformerv2-tiny", checkpoint=tmp_path / "u.pth")
     with pytest.raises(

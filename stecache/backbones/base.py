@@ -37,6 +37,7 @@ class Backbone(nn.Module):
     config: dict
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
+    checkpoint_source: str | None = None  # hf://org/repo/path when the file came from the hub cache
 
     def _encode(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 3, T, H, W] -> (tokens [B, n, c, h, w], pooled [B, c]); runs inside inference mode."""
@@ -104,6 +105,7 @@ class Backbone(nn.Module):
             "weights": self.checkpoint_sha256 or "random",
             "random_seed": None if self.checkpoint_sha256 else RANDOM_SEED,
             "checkpoint": Path(self.checkpoint).name if self.checkpoint else None,  # name only: movable
+            **({"checkpoint_source": self.checkpoint_source} if self.checkpoint_source else {}),
             "frames": self.frames,
             "sampling": self.sampling.to_dict(),
             "preprocess": self.preprocess.to_dict(),

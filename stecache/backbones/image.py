@@ -23,10 +23,21 @@ FRAMES = 8  # frames per clip, sampled uniformly over the clip (a per-frame enco
 IMAGENET = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
 
 
+def read_preprocess(path: Path, model_size: int) -> dict:
+    """Preprocess dict (0-255 units) from the directory's (video_)preprocessor_config.json; the crop is
+    the model's input size (short side scaled along when the file's crop differs)."""
+    pre = _preprocess(path, model_size)
+    if pre["crop_size"] != model_size:
+        short = round(pre["short_side"] * model_size / pre["crop_size"])
+        pre = pre | {"short_side": short, "crop_size": model_size}
+    return pre
+
+
 def _preprocess(path: Path, model_size: int) -> dict:
     """Preprocess dict (0-255 units) from the directory's preprocessor_config.json."""
-    f = path / "preprocessor_config.json"
-    pp = json.loads(f.read_text()) if f.is_file() else {}
+    files = [path / n for n in ("preprocessor_config.json", "video_preprocessor_config.json")]
+    f = next((f for f in files if f.is_file()), None)
+    pp = json.loads(f.read_text()) if f is not None else {}
     mean = [255 * m for m in pp["image_mean"]] if "image_mean" in pp else IMAGENET["mean"]
     std = [255 * s for s in pp["image_std"]] if "image_std" in pp else IMAGENET["std"]
     size, crop = pp.get("size", {}), pp.get("crop_size")
@@ -42,7 +53,7 @@ def _preprocess(path: Path, model_size: int) -> dict:
 class ImageEncoder(Backbone):
     """A per-frame image encoder: [B, 3, T, H, W] -> [B, T, c, h, w]."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, frames: int = FRAMES):
         super().__init__()
         from transformers import AutoConfig, AutoModel
 
@@ -79,20 +90,20 @@ class ImageEncoder(Backbone):
         pre = _preprocess(
             path, int(vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0])
         )
-        self.name, self.frames, self.size = f"image:{path}", FRAMES, pre["crop_size"]
-        self.channels, self.grid = vcfg.hidden_size, (FRAMES, self.size // patch, self.size // patch)
+        self.name, self.frames, self.size = f"image:{path}", frames, pre["crop_size"]
+        self.channels, self.grid = vcfg.hidden_size, (frames, self.size // patch, self.size // patch)
         self._interpolate = "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
         self.config = {
             "family": "image",
             "model_type": cfg.model_type,
             "architecture": type(model).__name__,
-            "frames": FRAMES,
+            "frames": frames,
             "size": self.size,
             "patch": patch,
             "width": vcfg.hidden_size,
             "sampling": {
                 "rule": "uniform",
-                "clip_len": FRAMES,
+                "clip_len": frames,
                 "frame_interval": 1,
                 "num_clips": 1,
                 "test_mode": True,
@@ -131,11 +142,11 @@ class ImageEncoder(Backbone):
         return tokens, pool.reshape(B, self.frames, -1).mean(1)  # [B, c]
 
 
-def build(path: str | Path) -> ImageEncoder:
-    """An image encoder from a local transformers directory."""
+def build(path: str | Path, frames: int | None = None) -> ImageEncoder:
+    """An image encoder from a local transformers directory, run on `frames` frames (default 8)."""
     path = Path(path).expanduser()
     if not path.is_dir():
         raise CheckpointMismatch(
             f"image:{path}: not a directory (expected a transformers save_pretrained dir)"
         )
-    return ImageEncoder(path)
+    return ImageEncoder(path, FRAMES if frames is None else frames)

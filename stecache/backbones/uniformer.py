@@ -6,6 +6,9 @@ feed the global UniBlocks: a depthwise 3x3x3 position conv on the patch tokens o
 query cross-attends over all T*(1+h*w) tokens. Pooled = LN((1-sigmoid(balance))*query + sigmoid(balance)*
 mean_t frame CLS). Tokens = the last local block's patch tokens (no CLS, no norm) -> [B, t, c, h, w].
 Parameter names follow mmaction2's `UniFormerV2` so both checkpoint layouts load with a rename only.
+The architecture (width/depth/patch/size, local MHRA, temporal down-sampling, global blocks) is read from
+the checkpoint's keys and shapes (`arch_from_state_dict`); the frame count T is free (weights do not
+depend on T), native 8 (16 with temporal down-sampling, as every such model of the official zoo).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from stecache.backbones.base import (
     strip_prefixes,
     warn_random,
 )
+from stecache.errors import CheckpointMismatch
 
 K400 = {"mean": [114.75, 114.75, 114.75], "std": [57.375, 57.375, 57.375]}  # 0.45 / 0.225, not CLIP's
 BASE = {
@@ -59,6 +63,71 @@ TINY = {
     "preprocess": {**BASE["preprocess"], "short_side": 64, "crop_size": 64},
     "feature_layer": "local block 3 output, patch tokens without the frame CLS (no norm)",
 }
+
+
+HEADS = {768: 12, 1024: 16}  # B/16 and L/14 (head dim 64); the checkpoint holds no head count
+
+
+def lmhra_width(c: int, reduction: float) -> int:
+    """Inner width of a local MHRA, int(c // dw_reduction) as the official code computes it."""
+    return int(c // reduction)
+
+
+def arch_from_state_dict(sd: dict[str, torch.Tensor], cfg: dict) -> dict:
+    """`cfg` with the architecture a (mmaction2-named, prefix-free) state dict implies.
+
+    Read: width, patch, temporal down-sampling + kernel (conv1), input size (positional_embedding),
+    depth (resblocks), local MHRA none/single/double + reduction, number of global blocks and their
+    MLP factor. Not in the file: head counts (head dim 64 for B/L; `cfg`'s for other widths) and the
+    layers the global blocks read, taken as the last n (every official config: [8..11], [4..11], [20..23]).
+    Keys that are absent leave `cfg` as it is, so `check_keys` names what is missing.
+    """
+    conv, pos = sd.get("conv1.weight"), sd.get("positional_embedding")
+    if conv is None or conv.ndim != 5 or pos is None or pos.ndim != 2:
+        return cfg
+    c, kt, p = conv.shape[0], conv.shape[2], conv.shape[-1]
+    s = round((pos.shape[0] - 1) ** 0.5)
+    layers = 1 + max((int(k.split(".")[2]) for k in sd if k.startswith("transformer.resblocks.")), default=-1)
+    n = 1 + max((int(k.split(".")[2]) for k in sd if k.startswith("transformer.dec.")), default=-1)
+    heads = HEADS.get(c, cfg["heads"] if c == cfg["width"] else max(1, c // 64))
+    out = cfg | {"width": c, "patch": p, "size": s * p, "layers": layers or cfg["layers"]}
+    out |= {
+        "heads": heads,
+        "n_head": heads,
+        "temporal_downsample": kt > 1,
+        "kernel_size": kt if kt > 1 else 3,
+    }
+    out |= {
+        "no_lmhra": not any(".lmhra1." in k for k in sd),
+        "double_lmhra": any(".lmhra2." in k for k in sd),
+    }
+    inner = sd.get("transformer.resblocks.0.lmhra1.pos_embed.1.weight")
+    if inner is not None:  # the reduction that gives this inner width (1.5 in every official config)
+        r = inner.shape[0]
+        out["dw_reduction"] = next((d for d in (1.5, 2.0, 1.0, 3.0, 4.0) if lmhra_width(c, d) == r), c / r)
+    if n:
+        out["return_list"] = list(range(out["layers"] - n, out["layers"]))
+        out["frozen"] = "transformer.balance" not in sd  # zoo frozen-backbone models: LN(query) only
+    fc = sd.get("transformer.dec.0.mlp.c_fc.weight")
+    if fc is not None:
+        out["mlp_factor"] = fc.shape[0] / c
+    if out["temporal_downsample"] and not cfg["temporal_downsample"]:
+        out["frames"] = 16  # native T of every down-sampling model in the official zoo (f16 / f32)
+    if (out["size"], out["width"]) != (cfg["size"], cfg["width"]):
+        out["preprocess"] = {**cfg["preprocess"], "short_side": out["size"], "crop_size": out["size"]}
+    last = out["layers"] - 1
+    out["feature_layer"] = f"local block {last} output, patch tokens without the frame CLS (no norm)"
+    return out
+
+
+def with_frames(cfg: dict, frames: int | None) -> dict:
+    """`cfg` at T frames (None: the native T); T must be even when time is down-sampled."""
+    frames = cfg["frames"] if frames is None else frames
+    if frames < 1 or (cfg["temporal_downsample"] and frames % 2):
+        raise CheckpointMismatch(
+            f"--frames {frames}: this UniFormerV2 halves time in its patch embedding; use an even T >= 2"
+        )
+    return cfg | {"frames": frames, "sampling": {**cfg["sampling"], "clip_len": frames}}
 
 
 class QuickGELU(nn.Module):
@@ -101,7 +170,7 @@ class LocalMHRA(nn.Module):
 
     def __init__(self, c: int, reduction: float):
         super().__init__()
-        r = int(c // reduction)
+        r = lmhra_width(c, reduction)
         self.pos_embed = nn.Sequential(
             nn.BatchNorm3d(c),
             nn.Conv3d(c, r, 1),
@@ -165,7 +234,8 @@ class Transformer(nn.Module):
         self.dpe = nn.ModuleList(nn.Conv3d(c, c, 3, padding=1, groups=c) for _ in range(n))
         self.dec = nn.ModuleList(GlobalBlock(c, cfg["n_head"], cfg["mlp_factor"]) for _ in range(n))
         self.norm = nn.LayerNorm(c)
-        self.balance = nn.Parameter(torch.zeros(c))
+        # the zoo's "frozen" models (frozen_k710_l14_f8x336, ...) have no balance: pooled = LN(query)
+        self.balance = None if cfg.get("frozen") else nn.Parameter(torch.zeros(c))
 
 
 class UniFormerV2(Backbone):
@@ -210,6 +280,8 @@ class UniFormerV2(Backbone):
         tokens = x[:, 1:].reshape(N, t, h, w, c).permute(0, 1, 4, 2, 3)  # [N, t, c, h, w]
         if not pooled:
             return tokens, None
+        if tr.balance is None:
+            return tokens, tr.norm(query[:, 0])
         weight = torch.sigmoid(tr.balance)
         frame_cls = x[:, 0].reshape(N, t, c).mean(1)  # [N, c]
         return tokens, tr.norm((1 - weight) * query[:, 0] + weight * frame_cls)
@@ -220,28 +292,33 @@ class UniFormerV2(Backbone):
     def _encode(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._run_blocks(clips, pooled=True)
 
-    def load_checkpoint(self, path: Path) -> None:
+    def load_checkpoint(self, path: Path, sd: dict[str, torch.Tensor] | None = None) -> None:
         """Official `.pyth` (flat or `model_state`, `backbone.` keys) or mmaction2 (`state_dict`) layout."""
-        sd = {}
-        for k, v in strip_prefixes(read_state_dict(path)).items():
-            if k.startswith(("cls_head.", "transformer.proj.2.")):  # classifier: mmaction2 / official
-                continue
-            sd[k.replace("transformer.proj.0.", "transformer.norm.")] = v  # official LN before the head
-        load_strict(self, sd, path)
+        load_strict(self, read_checkpoint(path) if sd is None else sd, path)
         self.checkpoint, self.checkpoint_sha256 = str(path), sha256_file(path)
 
 
-def build(cfg: dict, name: str, checkpoint: Path | None) -> UniFormerV2:
-    """A UniFormerV2 backbone; random weights (loudly) when `checkpoint` is None."""
-    model = UniFormerV2(name, cfg)
-    if checkpoint is None:
-        warn_random(name)
-    else:
-        if Path(checkpoint).is_dir():
-            from stecache.errors import CheckpointMismatch
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The backbone state dict of a checkpoint file, in mmaction2 names without prefixes or classifier."""
+    sd = {}
+    for k, v in strip_prefixes(read_state_dict(path)).items():
+        if k.startswith(("cls_head.", "transformer.proj.2.")):  # classifier: mmaction2 / official
+            continue
+        sd[k.replace("transformer.proj.0.", "transformer.norm.")] = v  # official LN before the head
+    return sd
 
-            raise CheckpointMismatch(
-                f"checkpoint {checkpoint}: UniFormerV2 needs a file (.pyth/.pth), not a directory"
-            )
-        model.load_checkpoint(Path(checkpoint))
+
+def build(cfg: dict, name: str, checkpoint: Path | None, frames: int | None = None) -> UniFormerV2:
+    """UniFormerV2 with the checkpoint's architecture at T frames; random weights (loudly) if None."""
+    if checkpoint is None:
+        model = UniFormerV2(name, with_frames(cfg, frames))
+        warn_random(name)
+        return model
+    if Path(checkpoint).is_dir():
+        raise CheckpointMismatch(
+            f"checkpoint {checkpoint}: UniFormerV2 needs a file (.pyth/.pth), not a directory"
+        )
+    sd = read_checkpoint(Path(checkpoint))
+    model = UniFormerV2(name, with_frames(arch_from_state_dict(sd, cfg), frames))
+    model.load_checkpoint(Path(checkpoint), sd)
     return model

@@ -2,9 +2,12 @@
 
 Loads the official model-zoo file (`vit_b_k710_dl_from_giant.pth`: flat or under `module`/`model`, often
 fp16, fused `qkv.weight` + `q_bias`/`v_bias`), the mmaction2-converted layout, or a transformers directory.
-Tokens are block 11's output before `fc_norm`, token p = t*h*w + y*w + x -> [B, n, c, h, w]; the pooled
+Tokens are the last block's output before `fc_norm`, token p = t*h*w + y*w + x -> [B, n, c, h, w]; the pooled
 vector is `fc_norm(mean(tokens))` with the official eps 1e-6 (transformers' classifier uses 1e-5).
-Frames are pinned to the checkpoint's 16: other counts need another position table (references §1.5).
+Sizes S/B/L/H/g (width, depth, MLP, patch, tubelet) are read from the checkpoint's shapes; T is any
+multiple of the tubelet (native 16), with the fixed sinusoid table computed for T's token count in
+float64 (the official `get_sinusoid_encoding_table` for a model built at T). A transformers directory
+without `fc_norm` (a bare `VideoMAEModel` save) pools the plain token mean.
 """
 
 from __future__ import annotations
@@ -57,6 +60,41 @@ TINY = {
     "preprocess": {**BASE["preprocess"], "short_side": 64, "crop_size": 64},
     "feature_layer": "block 1 output, before fc_norm (no final norm)",
 }
+
+
+HEADS = {384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16}  # official vit_{small,base,large,huge,giant}
+
+
+def arch_from_shapes(sd: dict[str, torch.Tensor], cfg: dict) -> dict:
+    """`cfg` with the width / depth / MLP / patch / tubelet an official-named state dict implies."""
+    pe, fc1 = sd.get("patch_embed.proj.weight"), sd.get("blocks.0.mlp.fc1.weight")
+    if pe is None or pe.ndim != 5 or fc1 is None:
+        return cfg  # check_keys names what is missing
+    c = pe.shape[0]
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    heads = HEADS.get(c, cfg["heads"] if c == cfg["width"] else max(1, c // 64))
+    out = cfg | {"width": c, "tubelet": pe.shape[2], "patch": pe.shape[-1], "depth": depth}
+    out |= {"heads": heads, "mlp": fc1.shape[0]}
+    out["feature_layer"] = f"block {depth - 1} output, before fc_norm (no final norm)"
+    return out
+
+
+def with_frames(cfg: dict, frames: int | None) -> dict:
+    """`cfg` at T frames (None: native); T must be a positive multiple of the tubelet."""
+    frames = cfg["frames"] if frames is None else frames
+    if frames < cfg["tubelet"] or frames % cfg["tubelet"]:
+        raise CheckpointMismatch(
+            f"--frames {frames}: VideoMAEv2 embeds tubelets of {cfg['tubelet']} frames; use a multiple of it"
+        )
+    return cfg | {"frames": frames, "sampling": {**cfg["sampling"], "clip_len": frames}}
+
+
+def sinusoid_table(n: int, c: int) -> torch.Tensor:
+    """The official fixed position table [1, n, c], computed in float64 (sin even / cos odd channels)."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    angle = pos / torch.pow(10000.0, 2 * (torch.arange(c, dtype=torch.float64) // 2) / c)
+    angle[:, 0::2], angle[:, 1::2] = angle[:, 0::2].sin(), angle[:, 1::2].cos()
+    return angle.float()[None]
 
 
 def hf_config(cfg: dict) -> VideoMAEConfig:
@@ -166,7 +204,7 @@ class VideoMAEv2(Backbone):
             cfg["size"] // cfg["patch"],
             cfg["size"] // cfg["patch"],
         )
-        self.encoder = VideoMAEModel(hf_config(cfg))
+        self.encoder = VideoMAEModel(hf_config(cfg))  # its sinusoid table: built for T, in float64
         self.fc_norm = nn.LayerNorm(cfg["width"], eps=cfg["eps"])
 
     def _tokens(self, clips: torch.Tensor) -> torch.Tensor:
@@ -180,59 +218,95 @@ class VideoMAEv2(Backbone):
         tokens = self._tokens(clips)
         return tokens, self.fc_norm(tokens.mean((1, 3, 4)))
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Official file (any wrapper/prefix, fp16 ok), mmaction2 layout, or a transformers directory."""
-        if path.is_dir():
-            sd, files = self._read_transformers_dir(path)
-            self.checkpoint_sha256 = sha256_files(files)
-        else:
-            sd = official_names(read_state_dict(path))
-            self._check_pos_embed(sd.pop("pos_embed", None), path)
-            check_keys(sd, official_shapes(self.config), path, f"{self.name} (official VideoMAEv2 layout)")
-            sd = to_transformers(sd, self.channels)
-            self.checkpoint_sha256 = sha256_file(path)
+    def load_checkpoint(self, path: Path, sd: dict[str, torch.Tensor], sha256: str) -> None:
+        """Load `sd` (this module's keys) strictly; a missing fc_norm (bare VideoMAEModel) pools the mean."""
+        if not any(k.startswith("fc_norm.") for k in sd):
+            self.fc_norm = nn.Identity()
+            self.config = self.config | {"pooled": "token mean (no fc_norm in the checkpoint)"}
         load_strict(self, sd, path)
-        self.checkpoint = str(path)
-
-    def _check_pos_embed(self, pos: torch.Tensor | None, path: Path) -> None:
-        """A stray `pos_embed` is tolerated only if it is the fixed sinusoid table (fp16-rounded)."""
-        table = self.encoder.embeddings.position_embeddings
-        if pos is not None and (pos.shape != table.shape or (pos - table).abs().max() > 1e-3):
-            raise CheckpointMismatch(
-                f"checkpoint {path}: pos_embed {list(pos.shape)} is not the fixed sinusoid table "
-                f"{list(table.shape)} this VideoMAEv2 uses (learned/interpolated positions unsupported)"
-            )
-
-    def _read_transformers_dir(self, path: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise CheckpointMismatch(
-                f"checkpoint directory {path}: no config.json (not a transformers model dir)"
-            )
-        got = json.loads(cfg_file.read_text())
-        want = hf_config(self.config).to_dict()
-        keys = ["image_size", "patch_size", "num_frames", "tubelet_size", "hidden_size", "num_hidden_layers"]
-        keys += ["num_attention_heads", "intermediate_size", "hidden_act", "qv_bias", "use_mean_pooling"]
-        if "qkv_bias" in got:
-            got["qv_bias"] = got["qkv_bias"]
-        diff = [f"{k}={got.get(k)!r} (expected {want[k]!r})" for k in keys if got.get(k, want[k]) != want[k]]
-        if diff:
-            raise CheckpointMismatch(f"{cfg_file}: does not describe {self.name}: " + ", ".join(diff))
-        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
-        if not files:
-            raise CheckpointMismatch(f"checkpoint directory {path}: no *.safetensors or pytorch_model*.bin")
-        sd = {}
-        for f in files:
-            sd |= read_state_dict(f)
-        sd = map_transformers(sd)
-        return {k if k.startswith("fc_norm.") else f"encoder.{k}": v for k, v in sd.items()}, files
+        self.checkpoint, self.checkpoint_sha256 = str(path), sha256
 
 
-def build(cfg: dict, name: str, checkpoint: Path | None) -> VideoMAEv2:
-    """A VideoMAEv2 backbone; random weights (loudly) when `checkpoint` is None."""
-    model = VideoMAEv2(name, cfg)
+def check_pos_embed(pos: torch.Tensor | None, cfg: dict, path: Path) -> None:
+    """A stray `pos_embed` is tolerated only if it is the fixed sinusoid table (fp16-rounded), any T."""
+    if pos is None:
+        return
+    ok = pos.ndim == 3 and pos.shape[0] == 1 and pos.shape[2] == cfg["width"]
+    if not ok or (pos - sinusoid_table(pos.shape[1], cfg["width"])).abs().max() > 1e-3:
+        raise CheckpointMismatch(
+            f"checkpoint {path}: pos_embed {list(pos.shape)} is not the fixed sinusoid table "
+            f"this VideoMAEv2 uses (learned/interpolated positions unsupported)"
+        )
+
+
+def read_official(path: Path, cfg: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(cfg with the file's sizes, state dict in this module's keys) of an official / mmaction2 file."""
+    sd = official_names(read_state_dict(path))
+    pos = sd.pop("pos_embed", None)
+    cfg = arch_from_shapes(sd, cfg)
+    check_pos_embed(pos, cfg, path)
+    check_keys(
+        sd,
+        official_shapes(cfg),
+        path,
+        f"VideoMAEv2 (official layout, width {cfg['width']}, depth {cfg['depth']})",
+    )
+    return cfg, to_transformers(sd, cfg["width"])
+
+
+def read_transformers_dir(path: Path, cfg: dict) -> tuple[dict, dict[str, torch.Tensor], list[Path]]:
+    """(cfg from config.json, state dict in this module's keys, weight files) of a save_pretrained dir."""
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise CheckpointMismatch(
+            f"checkpoint directory {path}: no config.json (not a transformers model dir)"
+        )
+    got = json.loads(cfg_file.read_text())
+    if got.get("model_type") not in (None, "videomae"):
+        raise CheckpointMismatch(f"{cfg_file}: model_type {got['model_type']!r} is not videomae")
+    need = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+            if k not in got]  # fmt: skip
+    if need:
+        raise CheckpointMismatch(f"{cfg_file}: no {', '.join(need)} (not a VideoMAE config)")
+    if not got.get("qv_bias", got.get("qkv_bias", True)) or got.get("hidden_act", "gelu") != "gelu":
+        raise CheckpointMismatch(f"{cfg_file}: qv_bias=false or hidden_act != gelu is not VideoMAEv2")
+    size = got.get("image_size", 224)
+    cfg = cfg | {
+        "size": size,
+        "patch": got.get("patch_size", 16),
+        "frames": got.get("num_frames", 16),
+        "tubelet": got.get("tubelet_size", 2),
+        "width": got["hidden_size"],
+        "depth": got["num_hidden_layers"],
+        "heads": got["num_attention_heads"],
+        "mlp": got["intermediate_size"],
+        "sampling": {**cfg["sampling"], "clip_len": got.get("num_frames", 16)},
+        "preprocess": {**cfg["preprocess"], "short_side": size, "crop_size": size},
+        "feature_layer": f"block {got['num_hidden_layers'] - 1} output, before fc_norm (no final norm)",
+    }
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointMismatch(f"checkpoint directory {path}: no *.safetensors or pytorch_model*.bin")
+    sd = {}
+    for f in files:
+        sd |= read_state_dict(f)
+    sd = map_transformers(sd)
+    sd = {k if k.startswith("fc_norm.") else f"encoder.{k}": v for k, v in sd.items()}
+    return cfg, sd, files
+
+
+def build(cfg: dict, name: str, checkpoint: Path | None, frames: int | None = None) -> VideoMAEv2:
+    """A VideoMAEv2 backbone sized by its checkpoint, at T frames; random weights (loudly) if None."""
     if checkpoint is None:
         warn_random(name)
+        return VideoMAEv2(name, with_frames(cfg, frames))
+    path = Path(checkpoint)
+    if path.is_dir():
+        cfg, sd, files = read_transformers_dir(path, cfg)
+        sha = sha256_files(files)
     else:
-        model.load_checkpoint(Path(checkpoint))
+        cfg, sd = read_official(path, cfg)
+        sha = sha256_file(path)
+    model = VideoMAEv2(name, with_frames(cfg, frames))
+    model.load_checkpoint(path, sd, sha)
     return model
