@@ -435,6 +435,21 @@ def info(cache: str):
     click.echo(open_cache(cache).describe())
 
 
+@cli.command()
+@click.argument("cache")
+@click.option("--repair", is_flag=True, help="Mark damaged clips not done, so the same extract redoes them.")
+def verify(cache: str, repair: bool):
+    """Check every stored byte of CACHE against its checksum; name the damaged clips (exit 1 if any)."""
+    from .cache.verify import verify as run_verify
+
+    report = run_verify(cache, repair=repair)
+    lines = report.lines()
+    click.echo("\n".join(lines[:-1]))
+    if report.bad and not report.repaired or report.problems or report.hash is None:
+        raise click.ClickException(lines[-1])
+    click.echo(lines[-1])
+
+
 @cli.command("export-h5")
 @click.argument("cache")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))

@@ -71,3 +71,11 @@ class ExtractionFailed(StecacheError):
 
 class RunError(StecacheError):
     """A run folder that cannot be used (not a trained run, unreadable config)."""
+
+
+class CacheCorrupt(StecacheError):
+    """A cache whose files are damaged: bytes that fail their checksum, unreadable metadata or shards."""
+
+
+class BadValue(StecacheError, ValueError):
+    """A flag or file value that is out of range or of the wrong kind: the message names the flag/file."""

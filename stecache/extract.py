@@ -344,6 +344,9 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                 pending.append((row, x))
             if len(pending) == cfg.batch_size or row in last_of_shard:
                 extracted += _forward(backbone, pending, buf, a, v_shape, device)
+                for r, _ in pending:  # a non-finite feature is a failure of its clip (_forward marks it)
+                    if buf["errors"][r - a]:
+                        failed.append((dataset.clips[r].clip_id, buf["errors"][r - a]))
                 pending = []
             if row in last_of_shard:
                 feats = buf["feats"]  # [S, V, n, c, h, w]
@@ -373,10 +376,19 @@ def _forward(backbone, pending, buf, start, v_shape, device) -> int:
     if tuple(y.shape[1:]) != v_shape[1:]:
         raise StecacheError(f"{backbone.name}: output {tuple(y.shape[1:])} != expected {v_shape[1:]}")
     y = y.float().cpu().numpy().reshape(b, v, *v_shape[1:])
+    n_ok = 0
     for (row, _), feats in zip(pending, y, strict=True):
         buf["feats"][row - start] = feats
+        bad = int((~np.isfinite(buf["feats"][row - start])).sum())  # in the stored dtype (fp16 overflows)
+        if bad:  # a failure of this clip, recorded like a decode error; its row stays zeros
+            buf["feats"][row - start] = 0
+            buf["errors"][row - start] = (
+                f"NonFiniteFeatures: non-finite features, {bad} of {feats.size} values NaN/inf as {buf['feats'].dtype}"
+            )
+            continue
         buf["ok"][row - start] = True
-    return b
+        n_ok += 1
+    return n_ok
 
 
 # ---- datasets from annotation files ----------------------------------------------------------------------

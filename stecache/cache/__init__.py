@@ -29,7 +29,8 @@ from zarr.codecs import BloscCodec
 
 from .. import __version__
 from ..config import canonical_json, fingerprint
-from ..errors import AnnotationError, CacheBusy, CacheMismatch, StecacheError
+from ..errors import AnnotationError, CacheBusy, CacheCorrupt, CacheMismatch, StecacheError
+from . import verify as V
 from .raw import take
 
 FORMAT_VERSION = 1
@@ -137,15 +138,19 @@ class Cache:
         self.attrs: dict = dict(group.attrs)
         if "fingerprint" not in self.attrs:
             raise CacheMismatch(f"{url}: not a complete stecache cache (no fingerprint attribute)")
-        self.fingerprint: str = self.attrs["fingerprint"]
-        self.class_names: tuple[str, ...] = tuple(self.attrs["class_names"])
-        self.multi_label: bool = bool(self.attrs["multi_label"])
-        self.feature_shape: tuple[int, int, int, int] = tuple(self.attrs["feature_shape"])  # (n, c, h, w)
-        self.num_views: int = int(self.attrs["num_views"])
-        self.dtype: str = self.attrs["dtype"]
-        self.shard_size: int = int(self.attrs["shard_size"])
-        self._features = group["features"]
-        self._views = group["views"] if self.num_views > 1 else None
+        try:
+            self.fingerprint: str = self.attrs["fingerprint"]
+            self.class_names: tuple[str, ...] = tuple(self.attrs["class_names"])
+            self.multi_label: bool = bool(self.attrs["multi_label"])
+            self.feature_shape: tuple[int, int, int, int] = tuple(self.attrs["feature_shape"])  # (n, c, h, w)
+            self.num_views: int = int(self.attrs["num_views"])
+            self.dtype: str = self.attrs["dtype"]
+            self.shard_size: int = int(self.attrs["shard_size"])
+            self._features = group["features"]
+            self._views = group["views"] if self.num_views > 1 else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheCorrupt(f"{url}: zarr.json or an array's metadata is damaged ({_short(e)})") from None
+        self._checksums: dict[str, np.ndarray | None] = {}
 
     def __len__(self) -> int:
         return int(self.attrs["num_clips"])
@@ -153,25 +158,69 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({self.url!r}, N={len(self)}, features={self.feature_shape}, views={self.num_views})"
 
+    def _meta(self, name: str) -> np.ndarray:
+        """A whole per-clip array; CacheCorrupt naming it if its files cannot be read."""
+        try:
+            x = self.group[name][:]
+        except Exception as e:  # zarr/numcodecs raise many kinds on damaged chunks; all mean the same here
+            raise CacheCorrupt(f"{self.url}: the {name!r} array is damaged ({_short(e)})") from None
+        if x.shape[:1] != (len(self),):
+            raise CacheCorrupt(f"{self.url}: the {name!r} array has shape {x.shape}, expected {len(self)} rows")
+        return x
+
     @property
     def done(self) -> np.ndarray:  # [N] bool
-        return np.asarray(self.group["done"][:], dtype=bool)
+        return np.asarray(self._meta("done"), dtype=bool)
 
     @property
     def error(self) -> np.ndarray:  # [N] str, "" where no failure
-        return np.asarray(self.group["error"][:].tolist(), dtype=object)
+        return np.asarray(self._meta("error").tolist(), dtype=object)
 
     @cached_property
     def split(self) -> np.ndarray:  # [N] str
-        return np.asarray(self.group["split"][:].tolist(), dtype=object)
+        return np.asarray(self._meta("split").tolist(), dtype=object)
 
     @cached_property
     def clip_id(self) -> np.ndarray:  # [N] str
-        return np.asarray(self.group["clip_id"][:].tolist(), dtype=object)
+        return np.asarray(self._meta("clip_id").tolist(), dtype=object)
 
     @cached_property
     def _labels(self) -> np.ndarray:
-        return np.asarray(self.group["labels"][:], dtype=np.uint8)
+        return np.asarray(self._meta("labels"), dtype=np.uint8)
+
+    @cached_property
+    def checksum_hash(self) -> str | None:
+        """The hash of the per-clip checksums ("crc32c"), None for caches made before checksums."""
+        if V.ARRAYS["features"] not in self.group:
+            return None
+        name = self.group[V.ARRAYS["features"]].attrs.get("hash")
+        if name not in V.HASHES or V.HASHES[name] is None:
+            raise CacheCorrupt(f"{self.url}: checksums use hash {name!r}, which this stecache cannot compute")
+        return name
+
+    def content_digest(self) -> str | None:
+        """A digest of what the cache holds: done flags and the checksums of done rows (None: no checksums).
+
+        Two copies with equal digests hold the same bytes; computed from the checksum arrays, not the data.
+        """
+        if not self.checksum_hash:
+            return None
+        import hashlib
+
+        done = self.done
+        h = hashlib.sha256(done.tobytes())
+        for name in ["features"] + (["views"] if self._views is not None else []):
+            h.update(np.where(done, self.stored_checksums(name), V.NONE).astype("<i8").tobytes())
+        return f"{self.checksum_hash}:{h.hexdigest()[:16]}"
+
+    def stored_checksums(self, name: str) -> np.ndarray | None:
+        """Stored checksums of array `name` [N] int64 (-1: row never written), None if the cache has none."""
+        if name not in self._checksums:
+            key = V.ARRAYS[name]
+            self._checksums[name] = (
+                np.asarray(self._meta(key), dtype=np.int64) if self.checksum_hash and key in self.group else None
+            )
+        return self._checksums[name]
 
     def labels(self) -> np.ndarray:
         """Multi-hot labels [N, K] uint8 (single-label caches: exactly one 1 per row)."""
@@ -191,15 +240,32 @@ class Cache:
         return np.flatnonzero(keep).astype(np.int64)
 
     def read(self, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:
-        """Features of `rows` [len(rows), n, c, h, w] in the stored dtype (view 0), any order/repeats."""
-        return take(self._features, rows, self._raw_dir("features"))
+        """Features of `rows` [len(rows), n, c, h, w] in the stored dtype (view 0), any order/repeats.
+
+        Every row read is checked against its checksum: CacheCorrupt names the shard files and clip ids.
+        """
+        return self.read_array("features", rows)
 
     def read_views(self, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:
         """All views of `rows` [len(rows), V, n, c, h, w]; view 0 is `read(rows)`."""
         first = self.read(rows)[:, None]
         if self._views is None:
             return first
-        return np.concatenate([first, take(self._views, rows, self._raw_dir("views"))], axis=1)
+        return np.concatenate([first, self.read_array("views", rows)], axis=1)
+
+    def read_array(self, name: str, rows, verify: bool = True) -> np.ndarray:
+        """Rows of `features` or `views`; typed errors for damaged shard files, checksums checked."""
+        arr = self._features if name == "features" else self._views
+        try:
+            x = take(arr, rows, self._raw_dir(name))
+        except IndexError:
+            raise
+        except Exception as e:  # truncated or garbled shard files: zarr, numcodecs or OS errors
+            raise CacheCorrupt(f"{self.url}: a shard file of {name!r} is damaged ({_short(e)})") from None
+        if verify and self.checksum_hash:
+            idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else np.asarray(rows, np.int64)
+            V.check_rows(self, name, idx.reshape(-1), x)
+        return x
 
     def _raw_dir(self, name: str) -> Path | None:
         """The array's local directory when its shards hold raw chunks (codec none): read without zarr."""
@@ -229,11 +295,52 @@ class Cache:
         stop = start + len(features)
         if start % self.shard_size or (stop != min(start + self.shard_size, len(self))):
             raise ValueError(f"write_shard({start}, {len(features)} rows) is not one whole shard")
-        self._features[start:stop] = features.astype(self.dtype, copy=False)
+        features = features.astype(self.dtype, copy=False)
+        self._features[start:stop] = features
+        sums = {"features": V.row_checksums(features, self.checksum_hash)} if self.checksum_hash else {}
         if self._views is not None:
-            self._views[start:stop] = views.astype(self.dtype, copy=False)
+            views = views.astype(self.dtype, copy=False)
+            self._views[start:stop] = views
+            if sums:
+                sums["views"] = V.row_checksums(views, self.checksum_hash)
+        for name, s in sums.items():  # checksums after the data, before `done`
+            self.group[V.ARRAYS[name]][start:stop] = s
+            if self._checksums.get(name) is not None:
+                self._checksums[name][start:stop] = s
         self.group["error"][start:stop] = np.asarray(list(errors), dtype=str)
         self.group["done"][start:stop] = np.asarray(ok, dtype=bool)  # only now: features are stored
+
+    def mark_not_done(self, rows: np.ndarray) -> int:
+        """Mark `rows` not done (no error, no checksum) so the next extract redoes exactly them.
+
+        Whole shard chunks are rewritten, so a damaged `done` or `error` chunk is replaced, not read.
+        """
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        for a, b in self.shards():
+            hit = rows[(rows >= a) & (rows < b)]
+            if len(hit) == 0:
+                continue
+            try:
+                done, err = self.done[a:b].copy(), self.error[a:b].copy()
+            except CacheCorrupt:
+                done, err = np.zeros(b - a, bool), np.asarray([""] * (b - a), dtype=object)
+            done[hit - a], err[hit - a] = False, ""
+            for name in ["features"] + (["views"] if self._views is not None else []):
+                if self.checksum_hash:
+                    try:
+                        sums = np.asarray(self.group[V.ARRAYS[name]][a:b], dtype=np.int64)
+                    except Exception:  # a damaged checksum chunk: its rows are redone anyway
+                        sums, done[:] = np.full(b - a, V.NONE, np.int64), False
+                    sums[hit - a] = V.NONE
+                    self.group[V.ARRAYS[name]][a:b] = sums
+            self.group["error"][a:b] = np.asarray(err.tolist(), dtype=str)
+            self.group["done"][a:b] = done
+            root = _local_path(self.url)
+            if root is not None and not done.any():  # nothing in it is kept: a damaged file would block
+                for name in ["features"] + (["views"] if self._views is not None else []):  # zarr's writes
+                    (root / V.shard_file(self, name, a)).unlink(missing_ok=True)
+        self._checksums.clear()
+        return len(rows)
 
     def nbytes_on_disk(self) -> int | None:
         """Bytes of all files of a local cache (None for remote stores)."""
@@ -261,6 +368,7 @@ class Cache:
             else:
                 lines.append(f"{k:<13} {canonical_json(v)}")
         lines.append(f"{'done':<13} {int(done.sum())}/{len(self)}  failed {n_failed}")
+        lines.append(f"{'checksums':<13} {V.state_line(self)}")
         lines.append(f"{'on disk':<13} " + ("n/a (remote store)" if size is None else f"{size:,} bytes"))
         splits = sorted(set(self.split.tolist()))
         lines.append(
@@ -287,7 +395,15 @@ def open_cache(url: str | Path, mode: str = "r") -> Cache:
         group = zarr.open_group(str(url), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
         raise StecacheError(f"{url}: no feature cache here ({e}); make one with `stecache extract`") from None
+    except (ValueError, TypeError, KeyError, OSError, UnicodeDecodeError) as e:  # a damaged zarr.json
+        raise CacheCorrupt(f"{url}: zarr.json is damaged or not a zarr v3 group ({_short(e)})") from None
     return Cache(group, url)
+
+
+def _short(e: BaseException, limit: int = 160) -> str:
+    """An exception as `Type: message`, cut to `limit` characters (one-line messages stay short)."""
+    s = " ".join(f"{type(e).__name__}: {e}".split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def create_cache(
@@ -381,6 +497,9 @@ def create_cache(
     group.create_array("clip_id", shape=(n,), chunks=(max(n, 1),), dtype=str, overwrite=True)
     # done/error: one chunk per shard, so ranks owning disjoint shards never write the same file.
     group.create_array("done", shape=(n,), chunks=(s,), dtype=bool, fill_value=False, overwrite=True)
+    for name in ["features"] + (["views"] if num_views > 1 else []):  # per-row checksums (verify.py)
+        group.create_array(V.ARRAYS[name], shape=(n,), chunks=(s,), dtype="int64", fill_value=V.NONE,
+                           overwrite=True, attributes={"hash": V.HASH})  # fmt: skip
     group.create_array("error", shape=(n,), chunks=(s,), dtype=str, overwrite=True)
     if n:
         group["labels"][:] = labels
