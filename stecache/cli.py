@@ -356,6 +356,8 @@ def _split_files(ctx, param, values: tuple[str, ...]) -> dict[str, Path]:
 @click.option("--shard-size", type=click.IntRange(1), help="Clips per shard file [default: ~128 MB shards].")
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even if some clips cannot be decoded.")
 @click.option("--device", help="torch device [default: cuda if available, else cpu].")
+@click.option("--log-every", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+              help="Seconds between progress lines when stderr is not a tty (nohup, scheduler).")  # fmt: skip
 def extract(
     backbone,
     checkpoint,
@@ -374,6 +376,7 @@ def extract(
     shard_size,
     allow_failures,
     device,
+    log_every,
 ):
     """Run a frozen encoder once over every clip into a resumable zarr feature cache.
 
@@ -411,6 +414,7 @@ def extract(
         shard_size=shard_size,
         allow_failures=allow_failures,
         device=device,
+        log_every=log_every,
     )
     try:
         s = run_extract(dataset, cache_url, backbone, checkpoint=checkpoint, cfg=cfg)

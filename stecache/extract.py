@@ -50,6 +50,7 @@ class ExtractConfig(Config):
     allow_failures: bool = False  # finish without error when some clips cannot be decoded
     device: str | None = None  # None = cuda (rank's local GPU) if available, else cpu
     progress: bool = True
+    log_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,8 @@ def _worker_init(_: int) -> None:
 class _Writer:
     """A background thread storing finished shards in order; a bounded queue keeps memory flat."""
 
-    def __init__(self, cache: Cache, depth: int = 2):
-        self.cache, self.error = cache, None
+    def __init__(self, cache: Cache, depth: int = 2, on_written=None):
+        self.cache, self.error, self.on_written = cache, None, on_written
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -158,6 +159,8 @@ class _Writer:
             if self.error is None:
                 try:
                     self.cache.write_shard(*item)
+                    if self.on_written is not None:
+                        self.on_written(item[0])  # the shard's start row
                 except Exception as e:  # re-raised in the main thread by put()/close()
                     self.error = e
 
@@ -303,7 +306,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
 
 def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tuple[int, list]:
     """Decode, forward and write this rank's shards; returns (clips extracted, [(clip_id, error)])."""
-    from tqdm import tqdm
+    from .progress import Progress
 
     todo = [r for a, b in shards for r in range(a, b) if not done[r]]
     if not todo:
@@ -321,8 +324,10 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
     last_of_shard = {max(r for r in range(a, b) if not done[r]) for a, b in shards if not done[a:b].all()}
     shard_of = {r: (a, b) for a, b in shards for r in range(a, b)}
     v_shape = (views.count, *cache.feature_shape)
-    writer = _Writer(cache)
-    bar = tqdm(total=len(todo), unit="clip", disable=(None if cfg.progress and rank == 0 else True))
+    # progress counts a clip when its shard is written (decode and forward run ahead: shown beside it)
+    progress = Progress(len(todo), enabled=cfg.progress and rank == 0, log_every=cfg.log_every)
+    n_todo = {a: int((~done[a:b]).sum()) for a, b in shards}
+    writer = _Writer(cache, on_written=lambda a: progress.add(written=n_todo[a]))
     buf: dict = {}
     pending: list[tuple[int, torch.Tensor]] = []
     extracted, failed = 0, []
@@ -337,6 +342,7 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                 }
                 if buf["ok"].any():
                     buf["feats"][:] = cache.read_views(slice(a, b))
+            progress.add(decoded=1, computed=1 if err else 0)
             if err:
                 buf["errors"][row - a] = err
                 failed.append((dataset.clips[row].clip_id, err))
@@ -344,6 +350,7 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                 pending.append((row, x))
             if len(pending) == cfg.batch_size or row in last_of_shard:
                 extracted += _forward(backbone, pending, buf, a, v_shape, device)
+                progress.add(computed=len(pending))
                 for r, _ in pending:  # a non-finite feature is a failure of its clip (_forward marks it)
                     if buf["errors"][r - a]:
                         failed.append((dataset.clips[r].clip_id, buf["errors"][r - a]))
@@ -353,15 +360,17 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                 extra = feats[:, 1:] if views.count > 1 else None
                 writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"])
                 buf = {}
-            bar.update(1)
+            progress.refresh()
     except KeyboardInterrupt:  # Ctrl-C: also keep the clips of the unfinished shard already computed
         if buf:
             feats = buf["feats"]
             writer.put(a, feats[:, 0], feats[:, 1:] if views.count > 1 else None, buf["ok"], buf["errors"])
         raise
     finally:  # also on Ctrl-C or errors: shards already complete are still stored
-        bar.close()
-        writer.close()
+        try:
+            writer.close()
+        finally:
+            progress.close()
     return extracted, failed
 
 
@@ -382,9 +391,8 @@ def _forward(backbone, pending, buf, start, v_shape, device) -> int:
         bad = int((~np.isfinite(buf["feats"][row - start])).sum())  # in the stored dtype (fp16 overflows)
         if bad:  # a failure of this clip, recorded like a decode error; its row stays zeros
             buf["feats"][row - start] = 0
-            buf["errors"][row - start] = (
-                f"NonFiniteFeatures: non-finite features, {bad} of {feats.size} values NaN/inf as {buf['feats'].dtype}"
-            )
+            what = f"{bad} of {feats.size} values NaN/inf as {buf['feats'].dtype}"
+            buf["errors"][row - start] = f"NonFiniteFeatures: non-finite features, {what}"
             continue
         buf["ok"][row - start] = True
         n_ok += 1

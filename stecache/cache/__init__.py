@@ -12,13 +12,8 @@ Python: `open_cache("work/cache.zarr").read([0, 1])`.
 from __future__ import annotations
 
 import datetime
-import errno
-import fcntl
 import json
-import os
-import socket
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,8 +24,9 @@ from zarr.codecs import BloscCodec
 
 from .. import __version__
 from ..config import canonical_json, fingerprint
-from ..errors import AnnotationError, CacheBusy, CacheCorrupt, CacheMismatch, StecacheError
+from ..errors import AnnotationError, CacheCorrupt, CacheMismatch, StecacheError
 from . import verify as V
+from .lock import _local_path, lock  # noqa: F401  (lock re-exported)
 from .raw import take
 
 FORMAT_VERSION = 1
@@ -68,14 +64,6 @@ def manifest_fingerprint(clips: Sequence[Any]) -> str:
     return fingerprint([[c.clip_id, sorted(c.labels), c.split] for c in clips])
 
 
-def _local_path(url: str | Path) -> Path | None:
-    """The local directory of a cache URL, or None for remote (fsspec) stores."""
-    s = str(url)
-    if s.startswith("file://"):
-        return Path(s[len("file://") :])
-    return None if "://" in s else Path(s)
-
-
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out: dict[str, Any] = {}
@@ -94,39 +82,6 @@ def attrs_diff(old: dict, new: dict) -> list[str]:
         for k in sorted(set(a) | set(b))
         if a.get(k, "<absent>") != b.get(k, "<absent>")
     ]
-
-
-@contextmanager
-def lock(url: str | Path) -> Iterator[None]:
-    """Hold `<cache>/.lock` while extracting; CacheBusy if another process holds it.
-
-    POSIX record locks (lockf): the kernel drops them when the holder dies (SIGKILL included), and forked
-    children such as DataLoader workers do not inherit them, so a killed run never leaves a stale lock.
-    """
-    path = _local_path(url)
-    if path is None:  # object stores have no flock; callers own the one-writer rule there
-        yield
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "a+") as f:
-        try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise CacheBusy(
-                f"{url}: cache is busy, {holder} is extracting into it; wait for it to finish or stop it"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 class Cache:
@@ -165,7 +120,7 @@ class Cache:
         except Exception as e:  # zarr/numcodecs raise many kinds on damaged chunks; all mean the same here
             raise CacheCorrupt(f"{self.url}: the {name!r} array is damaged ({_short(e)})") from None
         if x.shape[:1] != (len(self),):
-            raise CacheCorrupt(f"{self.url}: the {name!r} array has shape {x.shape}, expected {len(self)} rows")
+            raise CacheCorrupt(f"{self.url}: the {name!r} array has shape {x.shape}, not {len(self)} rows")
         return x
 
     @property
@@ -217,9 +172,8 @@ class Cache:
         """Stored checksums of array `name` [N] int64 (-1: row never written), None if the cache has none."""
         if name not in self._checksums:
             key = V.ARRAYS[name]
-            self._checksums[name] = (
-                np.asarray(self._meta(key), dtype=np.int64) if self.checksum_hash and key in self.group else None
-            )
+            have = self.checksum_hash and key in self.group
+            self._checksums[name] = np.asarray(self._meta(key), dtype=np.int64) if have else None
         return self._checksums[name]
 
     def labels(self) -> np.ndarray:
@@ -263,7 +217,8 @@ class Cache:
         except Exception as e:  # truncated or garbled shard files: zarr, numcodecs or OS errors
             raise CacheCorrupt(f"{self.url}: a shard file of {name!r} is damaged ({_short(e)})") from None
         if verify and self.checksum_hash:
-            idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else np.asarray(rows, np.int64)
+            idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else rows
+            idx = np.asarray(idx, dtype=np.int64)
             V.check_rows(self, name, idx.reshape(-1), x)
         return x
 
@@ -351,42 +306,9 @@ class Cache:
 
     def describe(self) -> str:
         """Human-readable summary: provenance, counts per split and class, failures, done/total, size."""
-        done, err, labels = self.done, self.error, self._labels
-        n_failed = int((err != "").sum())
-        size = self.nbytes_on_disk()
-        lines = [
-            f"{'cache':<13} {self.url}",
-            f"{'fingerprint':<13} {self.fingerprint}  (format {self.attrs['format_version']},"
-            f" stecache {self.attrs['stecache_version']}, created {self.attrs['created']})",
-        ]
-        skip = {"class_names", "fingerprint", "created", "format_version", "stecache_version"}
-        for k in sorted(set(self.attrs) - skip):
-            v = self.attrs[k]
-            if isinstance(v, dict) and v:  # one line per field: the backbone's provenance is long
-                lines.append(k)
-                lines += [f"  {sub:<22} {canonical_json(x)}" for sub, x in sorted(v.items())]
-            else:
-                lines.append(f"{k:<13} {canonical_json(v)}")
-        lines.append(f"{'done':<13} {int(done.sum())}/{len(self)}  failed {n_failed}")
-        lines.append(f"{'checksums':<13} {V.state_line(self)}")
-        lines.append(f"{'on disk':<13} " + ("n/a (remote store)" if size is None else f"{size:,} bytes"))
-        splits = sorted(set(self.split.tolist()))
-        lines.append(
-            f"{'per split':<13} "
-            + "  ".join(
-                f"{s}: {int((self.split == s).sum())} ({int(done[self.split == s].sum())} done)"
-                for s in splits
-            )
-        )
-        lines.append(f"{'class':<24}" + "".join(f"{s:>8}" for s in splits))
-        for k, name in enumerate(self.class_names):
-            counts = [int(labels[self.split == s, k].sum()) for s in splits]
-            lines.append(f"{name[:23]:<24}" + "".join(f"{c:>8}" for c in counts))
-        for i in np.flatnonzero(err != "")[:20]:
-            lines.append(f"{'failed':<13} row {i} {self.clip_id[i]}: {err[i]}")
-        if n_failed > 20:
-            lines.append(f"{'failed':<13} ... and {n_failed - 20} more")
-        return "\n".join(lines)
+        from .describe import describe
+
+        return describe(self)
 
 
 def open_cache(url: str | Path, mode: str = "r") -> Cache:

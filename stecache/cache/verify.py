@@ -93,14 +93,18 @@ class Report:
             f"{self.seconds:.2f} s ({gbs:.2f} GB/s), checksums {self.hash or 'none'}"
         ]
         if self.hash is None:
-            out.append("no checksums: this cache was made before stecache stored them; re-extract it to add them")
+            out.append(
+                "no checksums: this cache was made before stecache stored them; re-extract it to add them"
+            )
         out += [f"damaged: {p}" for p in self.problems]
         for b in self.bad[:20]:
             out.append(f"damaged: row {b.row} {b.clip_id} in {b.file}: {b.reason}")
         if len(self.bad) > 20:
             out.append(f"damaged: ... and {len(self.bad) - 20} more clip(s)")
         if self.repaired:
-            out.append(f"repaired: {self.repaired} clip(s) marked not done; re-run the same extract to redo them")
+            out.append(
+                f"repaired: {self.repaired} clip(s) marked not done; re-run the same extract to redo them"
+            )
         elif self.bad:
             out.append("run `stecache verify CACHE --repair` to mark them not done, then re-run extract")
         if self.ok:
@@ -114,7 +118,10 @@ def _meta_problems(cache, report: Report) -> np.ndarray | None:
 
     try:
         labels, split, ids = cache.labels(), cache.split, cache.clip_id
-        rows = [Row(i, tuple(np.flatnonzero(lab).tolist()), s) for i, lab, s in zip(ids, labels, split)]
+        rows = [
+            Row(i, tuple(np.flatnonzero(lab).tolist()), s)
+            for i, lab, s in zip(ids, labels, split, strict=True)
+        ]
         if len(rows) != len(cache) or manifest_fingerprint(rows) != cache.attrs.get("manifest"):
             report.problems.append("labels/split/clip_id do not match the manifest fingerprint in zarr.json")
     except CacheCorrupt as e:
