@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .annotations import Clip, Dataset, read_annotations, read_classes
-from .cache import DEFAULT_CODEC, Cache, create_cache, lock, open_cache
+from .cache import DEFAULT_CODEC, Cache, check_url, create_cache, lock, open_cache
 from .config import Config
 from .errors import ExtractionFailed, StecacheError
 from .video import Preprocess, Sampling, load_clip
@@ -224,6 +224,7 @@ def extract(
 
 def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict:
     t0 = time.perf_counter()
+    check_url(cache_url, write=True)  # memory://, zip://, a file: refused before anything runs
     if cfg.device:
         device = torch.device(cfg.device)
     elif torch.cuda.is_available():

@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import canonical_json
 from .errors import CacheMismatch, CheckpointMismatch, RunError, StecacheError, VideoError
-from .train import load_head, read_run
+from .train import load_head, read_metrics, read_run
 from .video import Preprocess, Sampling, load_clip
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".mts", ".ts")
@@ -138,10 +138,10 @@ def load_predictor(
         raise RunError(f"{run}: cache views {views} disagree with its sampling/preprocess attributes")
     cfg = TrainConfig.from_dict(rec["config"])
     num_views = clips * crops if cfg.test_views == "test" else 1
-    metrics = Path(run) / "metrics.json"
-    threshold = 0.5
-    if metrics.is_file():
-        threshold = float(json.loads(metrics.read_text()).get("threshold", 0.5))
+    threshold = read_metrics(run).get("threshold", 0.5)
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise RunError(f"{run}/metrics.json: threshold {threshold!r} is not a number in 0..1")
+    threshold = float(threshold)
     if backbone is None:
         backbone = load_backbone(prov, checkpoint, device)
     return Predictor(

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import data as D
@@ -451,8 +452,27 @@ def load_head(run: str | Path, rec: dict | None = None, device: str | torch.devi
     head = build_head(
         cfg.head, tuple(attrs["feature_shape"]), len(attrs["class_names"]), cfg.depth, **cfg.head_options
     )
-    head.load_state_dict(load_file(str(Path(run) / "best.safetensors")))
+    weights = Path(run) / "best.safetensors"
+    try:
+        state = load_file(str(weights))
+        head.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as e:  # damaged, truncated, or another head's weights
+        raise RunError(f"{weights}: not this run's head weights ({' '.join(str(e).split())[:160]})") from None
     return head.requires_grad_(False).eval().to(device)
+
+
+def read_metrics(run: str | Path) -> dict:
+    """A run's metrics.json ({} if absent); RunError if it is not a JSON object."""
+    path = Path(run) / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: damaged ({e}); re-run train-head to rewrite it") from None
+    if not isinstance(m, dict):
+        raise RunError(f"{path}: not a JSON object; re-run train-head to rewrite it")
+    return m
 
 
 def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None) -> dict:
@@ -483,7 +503,6 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
     probs = predict(head, data, multi)
     out = {"run": str(run_dir), "split": split, "clips": len(data), "class_names": c.class_names,
            "metrics": M.evaluate_probs(probs, data.targets(multi), multi)}  # fmt: skip
-    saved = run_dir / "metrics.json"
-    if multi and saved.exists() and "threshold" in (m := json.loads(saved.read_text())):
+    if multi and "threshold" in (m := read_metrics(run_dir)):
         out["tuned"] = M.evaluate_probs(probs, data.targets(multi), multi, m["threshold"])
     return out

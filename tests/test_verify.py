@@ -268,3 +268,18 @@ def test_verify_of_a_missing_cache_is_a_one_line_error(tmp_path):
     assert res.exit_code == 1 and "Traceback" not in res.output
     with pytest.raises(StecacheError):
         verify(tmp_path / "nope.zarr")
+
+
+def test_import_h5_non_finite_rows_are_recorded_failures(tmp_path):
+    import h5py
+
+    from stecache.cache import import_h5
+
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    x[2, 1] = np.inf
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        f["features"], f["labels"] = x, np.array([0, 1, 0, 1])
+    c = import_h5(tmp_path / "f.h5", tmp_path / "c.zarr")
+    assert c.done.tolist() == [True, True, False, True] and "NonFiniteFeatures" in c.error[2]
+    np.testing.assert_array_equal(c.read([0, 3])[:, 0, :, 0, 0], x[[0, 3]])
+    assert verify(tmp_path / "c.zarr").ok

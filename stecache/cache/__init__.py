@@ -26,7 +26,7 @@ from .. import __version__
 from ..config import canonical_json, fingerprint
 from ..errors import AnnotationError, CacheCorrupt, CacheMismatch, StecacheError
 from . import verify as V
-from .lock import _local_path, lock  # noqa: F401  (lock re-exported)
+from .lock import _local_path, check_url, lock  # noqa: F401  (lock re-exported)
 from .raw import take
 
 FORMAT_VERSION = 1
@@ -313,9 +313,10 @@ class Cache:
 
 def open_cache(url: str | Path, mode: str = "r") -> Cache:
     """Open an existing cache (mode "r" or "r+")."""
+    check_url(url)
     try:
         group = zarr.open_group(str(url), mode=mode)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+    except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError) as e:
         raise StecacheError(f"{url}: no feature cache here ({e}); make one with `stecache extract`") from None
     except (ValueError, TypeError, KeyError, OSError, UnicodeDecodeError) as e:  # a damaged zarr.json
         raise CacheCorrupt(f"{url}: zarr.json is damaged or not a zarr v3 group ({_short(e)})") from None
@@ -371,25 +372,7 @@ def create_cache(
     attrs = json.loads(canonical_json({**provenance, **attrs}))
     attrs["fingerprint"] = fingerprint({k: v for k, v in attrs.items() if k not in UNFINGERPRINTED})
 
-    path = _local_path(url)
-    if path is not None and path.is_dir() and not (path / "zarr.json").exists():
-        strays = sorted(p.name for p in path.iterdir() if p.name != ".lock")
-        if strays:
-            raise StecacheError(
-                f"{url}: directory exists and is not a cache (holds {strays[:3]}); pick another"
-            )
-    group = zarr.open_group(str(url), mode="a")
-    if "fingerprint" in group.attrs:  # an existing complete cache: reopen if it is the same one
-        old = dict(group.attrs)
-        if old["fingerprint"] != attrs["fingerprint"]:
-            diff = "\n  ".join(attrs_diff(old, attrs)) or "(format or manifest)"
-            raise CacheMismatch(
-                f"{url} was made with other settings; use another --cache path or delete it. Differences:\n  "
-                + diff
-            )
-        return Cache(group, url)
-
-    ids = [str(c.clip_id) for c in clips]
+    ids = [str(c.clip_id) for c in clips]  # checked before anything is written
     if len(set(ids)) != n:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise AnnotationError(f"clip id {dup!r} appears more than once in the annotations")
@@ -402,6 +385,27 @@ def create_cache(
     if not multi_label and n and (labels.sum(1) > 1).any():
         bad = ids[int(np.flatnonzero(labels.sum(1) > 1)[0])]
         raise AnnotationError(f"clip {bad!r}: single-label dataset needs at most one label per clip")
+
+    path = _local_path(url)
+    if path is not None and path.is_dir() and not (path / "zarr.json").exists():
+        strays = sorted(p.name for p in path.iterdir() if p.name != ".lock")
+        if strays:
+            raise StecacheError(
+                f"{url}: directory exists and is not a cache (holds {strays[:3]}); pick another"
+            )
+    try:
+        group = zarr.open_group(str(url), mode="a")
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:  # a damaged zarr.json
+        raise CacheCorrupt(f"{url}: zarr.json is damaged or not a zarr v3 group ({_short(e)})") from None
+    if "fingerprint" in group.attrs:  # an existing complete cache: reopen if it is the same one
+        old = dict(group.attrs)
+        if old["fingerprint"] != attrs["fingerprint"]:
+            diff = "\n  ".join(attrs_diff(old, attrs)) or "(format or manifest)"
+            raise CacheMismatch(
+                f"{url} was made with other settings; use another --cache path or delete it. Differences:\n  "
+                + diff
+            )
+        return Cache(group, url)
 
     # Arrays first, attributes (with the fingerprint) last: a cache without fingerprint is incomplete.
     s = int(shard_size)

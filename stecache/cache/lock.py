@@ -52,3 +52,41 @@ def lock(url: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.lockf(f, fcntl.LOCK_UN)
+
+
+NOT_STORES = {  # fsspec protocols a cache cannot live in: gone at exit, read-only, or archives
+    "memory": "kept in this process's memory only and lost when it exits",
+    "zip": "a read-only archive",
+    "tar": "a read-only archive",
+    "http": "read-only",
+    "https": "read-only",
+    "github": "read-only",
+    "data": "read-only",
+}
+
+
+def check_url(url: str | Path, write: bool = False) -> None:
+    """Refuse a cache URL that cannot work: an unknown or uninstalled protocol; for writing also a
+    non-persistent or read-only store (memory://, zip://, http://) and a local path that is not a folder."""
+    from ..errors import StecacheError
+
+    s = str(url)
+    if not s.strip():
+        raise StecacheError("the cache path is empty; give a folder such as work/cache.zarr")
+    local = _local_path(s)
+    if local is None:
+        proto = s.split("://", 1)[0].split("::")[-1].lower()
+        if write and proto in NOT_STORES:
+            raise StecacheError(
+                f"{s}: a cache cannot be written to {proto}:// ({NOT_STORES[proto]}); give a local folder "
+                "or a persistent store such as s3://"
+            )
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class(proto)
+        except (ValueError, ImportError) as e:
+            why = " ".join(str(e).split())[:160]
+            raise StecacheError(f"{s}: cannot open {proto}:// URLs here ({why})") from None
+    elif write and local.exists() and not local.is_dir():
+        raise StecacheError(f"{s}: exists and is not a folder; a cache is a folder such as work/cache.zarr")
