@@ -495,7 +495,8 @@ def verify(cache: str, repair: bool):
     lines = report.lines()
     click.echo("\n".join(lines[:-1]))
     if report.bad and not report.repaired or report.problems or report.hash is None:
-        raise click.ClickException(lines[-1])
+        damaged = f"{len(report.bad)} damaged clip(s) in {cache}; " if report.bad else ""
+        raise click.ClickException(damaged + lines[-1])
     click.echo(lines[-1])
 
 

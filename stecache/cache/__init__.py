@@ -153,6 +153,19 @@ class Cache:
             raise CacheCorrupt(f"{self.url}: checksums use hash {name!r}, which this stecache cannot compute")
         return name
 
+    def _damaged_shard(self, name: str, rows, error: Exception) -> str:
+        """One line naming the first shard file of `rows` that cannot be read, and its clip ids."""
+        idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else np.asarray(rows)
+        for s in np.unique(idx // self.shard_size):
+            a, b = int(s) * self.shard_size, min((int(s) + 1) * self.shard_size, len(self))
+            try:
+                take(self._features if name == "features" else self._views, slice(a, b), self._raw_dir(name))
+            except Exception as e:  # this is the one
+                ids = ", ".join(map(str, self.clip_id[a : min(b, a + 5)])) + (" ..." if b - a > 5 else "")
+                where = f"{self.url}: shard file {V.shard_file(self, name, a)}"
+                return f"{where} is damaged ({_short(e, 60)}): clips {ids}; run `stecache verify --repair`"
+        return f"{self.url}: a shard file of {name!r} is damaged ({_short(error)})"
+
     def content_digest(self) -> str | None:
         """A digest of what the cache holds: done flags and the checksums of done rows (None: no checksums).
 
@@ -215,7 +228,7 @@ class Cache:
         except IndexError:
             raise
         except Exception as e:  # truncated or garbled shard files: zarr, numcodecs or OS errors
-            raise CacheCorrupt(f"{self.url}: a shard file of {name!r} is damaged ({_short(e)})") from None
+            raise CacheCorrupt(self._damaged_shard(name, rows, e)) from None
         if verify and self.checksum_hash:
             idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else rows
             idx = np.asarray(idx, dtype=np.int64)

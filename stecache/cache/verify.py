@@ -56,8 +56,7 @@ def mismatch_message(cache, name: str, rows: np.ndarray) -> str:
     more = f" (+{len(rows) - 5} more)" if len(rows) > 5 else ""
     return (
         f"{cache.url}: {len(rows)} clip(s) fail their checksum in {', '.join(files[:3])}"
-        f"{' ...' if len(files) > 3 else ''}: {', '.join(ids)}{more}; the cache is damaged: run "
-        f"`stecache verify {cache.url} --repair` then re-run extract"
+        f"{' ...' if len(files) > 3 else ''}: {', '.join(ids)}{more}; run `stecache verify --repair`"
     )
 
 
