@@ -106,6 +106,7 @@ class Cache:
         except (KeyError, TypeError, ValueError) as e:
             raise CacheCorrupt(f"{url}: zarr.json or an array's metadata is damaged ({_short(e)})") from None
         self._checksums: dict[str, np.ndarray | None] = {}
+        self._raw_dirs: dict[str, Path | None] = {}
 
     def __len__(self) -> int:
         return int(self.attrs["num_clips"])
@@ -223,20 +224,30 @@ class Cache:
     def read_array(self, name: str, rows, verify: bool = True) -> np.ndarray:
         """Rows of `features` or `views`; typed errors for damaged shard files, checksums checked."""
         arr = self._features if name == "features" else self._views
+        verify = verify and self.checksum_hash is not None
+        if verify:
+            idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else rows
+            idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        raw = self._raw_dir(name)
+        sums = np.empty(len(idx), np.int64) if verify and raw is not None else None
         try:
-            x = take(arr, rows, self._raw_dir(name))
+            x = take(arr, rows, raw, V.HASHES[self.checksum_hash] if sums is not None else None, sums)
         except IndexError:
             raise
         except Exception as e:  # truncated or garbled shard files: zarr, numcodecs or OS errors
             raise CacheCorrupt(self._damaged_shard(name, rows, e)) from None
-        if verify and self.checksum_hash:
-            idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else rows
-            idx = np.asarray(idx, dtype=np.int64)
-            V.check_rows(self, name, idx.reshape(-1), x)
+        if verify:
+            V.check_rows(self, name, idx, x, sums)
         return x
 
     def _raw_dir(self, name: str) -> Path | None:
         """The array's local directory when its shards hold raw chunks (codec none): read without zarr."""
+        if name in self._raw_dirs:
+            return self._raw_dirs[name]
+        self._raw_dirs[name] = self._find_raw_dir(name)
+        return self._raw_dirs[name]
+
+    def _find_raw_dir(self, name: str) -> Path | None:
         path = _local_path(self.url)
         if path is None or self.attrs.get("codec") != "none":
             return None

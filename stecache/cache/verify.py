@@ -39,8 +39,9 @@ STATE_FILE = "verify.json"  # last `verify` outcome, beside zarr.json (local cac
 def row_checksums(x: np.ndarray, hash_name: str = HASH) -> np.ndarray:
     """Checksum of each row's stored bytes: [S, ...] -> [S] int64 (little-endian bytes of x's dtype)."""
     f = HASHES[hash_name]
-    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<"))
-    return np.fromiter((f(r.tobytes()) for r in x), dtype=np.int64, count=len(x))
+    x = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<")).view()  # no copy when already so
+    x.flags.writeable = False  # google-crc32c hashes read-only buffers in place (no tobytes copy)
+    return np.fromiter((f(r) for r in x.reshape(len(x), -1)), dtype=np.int64, count=len(x))
 
 
 def shard_file(cache, name: str, row: int) -> str:
@@ -226,8 +227,9 @@ def state_line(cache) -> str:
     return line + f"; last verify {s.get('time')}: {verdict} ({s.get('rows_checked')} clips)"
 
 
-def check_rows(cache, name: str, rows: np.ndarray, x: np.ndarray) -> None:
-    """Raise CacheCorrupt if rows `rows` read as `x` [len(rows), ...] do not match their checksums."""
+def check_rows(cache, name: str, rows: np.ndarray, x: np.ndarray, got: np.ndarray | None = None) -> None:
+    """Raise CacheCorrupt if rows `rows` read as `x` [len(rows), ...] do not match their checksums
+    (`got`: their checksums, when the reader hashed them as it read)."""
     stored = cache.stored_checksums(name)
     if stored is None:
         return
@@ -235,7 +237,10 @@ def check_rows(cache, name: str, rows: np.ndarray, x: np.ndarray) -> None:
     have = want != NONE
     if not have.any():
         return
-    got = row_checksums(x[have], cache.checksum_hash)
+    if got is not None:
+        got = got[have]
+    else:
+        got = row_checksums(x if have.all() else x[have], cache.checksum_hash)
     bad = np.flatnonzero(got != want[have])
     if len(bad):
         raise CacheCorrupt(mismatch_message(cache, name, np.unique(rows[have][bad])))
