@@ -107,6 +107,7 @@ class Cache:
             raise CacheCorrupt(f"{url}: zarr.json or an array's metadata is damaged ({_short(e)})") from None
         self._checksums: dict[str, np.ndarray | None] = {}
         self._raw_dirs: dict[str, Path | None] = {}
+        self._verified: dict[str, np.ndarray] = {}  # [N] bool per array: rows this object has checked
 
     def __len__(self) -> int:
         return int(self.attrs["num_clips"])
@@ -210,7 +211,8 @@ class Cache:
     def read(self, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:
         """Features of `rows` [len(rows), n, c, h, w] in the stored dtype (view 0), any order/repeats.
 
-        Every row read is checked against its checksum: CacheCorrupt names the shard files and clip ids.
+        Each row is checked against its checksum the first time this object reads it: CacheCorrupt names
+        the shard files and clip ids.
         """
         return self.read_array("features", rows)
 
@@ -228,6 +230,8 @@ class Cache:
         if verify:
             idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else rows
             idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+            seen = self._verified.setdefault(name, np.zeros(len(self), dtype=bool))
+            verify = not seen[idx[(idx >= 0) & (idx < len(self))]].all()  # checked once per open cache
         raw = self._raw_dir(name)
         sums = np.empty(len(idx), np.int64) if verify and raw is not None else None
         try:
@@ -238,6 +242,7 @@ class Cache:
             raise CacheCorrupt(self._damaged_shard(name, rows, e)) from None
         if verify:
             V.check_rows(self, name, idx, x, sums)
+            seen[idx] = True
         return x
 
     def _raw_dir(self, name: str) -> Path | None:
@@ -286,6 +291,8 @@ class Cache:
             self.group[V.ARRAYS[name]][start:stop] = s
             if self._checksums.get(name) is not None:
                 self._checksums[name][start:stop] = s
+            if name in self._verified:
+                self._verified[name][start:stop] = False
         self.group["error"][start:stop] = np.asarray(list(errors), dtype=str)
         self.group["done"][start:stop] = np.asarray(ok, dtype=bool)  # only now: features are stored
 
@@ -319,6 +326,7 @@ class Cache:
                 for name in ["features"] + (["views"] if self._views is not None else []):  # zarr's writes
                     (root / V.shard_file(self, name, a)).unlink(missing_ok=True)
         self._checksums.clear()
+        self._verified.clear()
         return len(rows)
 
     def nbytes_on_disk(self) -> int | None:
