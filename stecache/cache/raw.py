@@ -21,7 +21,7 @@ def take(
     """arr[rows] along axis 0: one slice read for consecutive rows, else per-row reads (raw: from files).
 
     With `crc` (a bytes -> int hash) and `sums` ([len(rows)] int64), raw reads also hash each row's bytes
-    as they arrive, while they are still in cache (rows without a stored chunk get -2, which never matches).
+    as they arrive, while they are still in cache (rows without a stored chunk hash as zeros, as they read).
     """
     if isinstance(rows, slice):
         rows = np.arange(*rows.indices(arr.shape[0]))
@@ -50,8 +50,8 @@ def read_raw(root: Path, arr: zarr.Array, idx: np.ndarray, crc=None, sums=None) 
     out = np.zeros((len(idx), *row_shape), dtype=arr.dtype)
     tail = "/".join("0" * (arr.ndim - 1))
     order = np.argsort(idx, kind="stable")
-    if sums is not None:
-        sums[:] = -2
+    if sums is not None:  # a chunk zarr did not store (all zeros) or a missing file reads as zeros
+        sums[:] = crc(bytes(out[0].nbytes))
     j = 0
     while j < len(order):
         s = int(idx[order[j]]) // shard
