@@ -118,15 +118,19 @@ def test_each_damage_is_named_by_verify_and_refused_on_read(tmp_path, kind):
     assert res.exit_code == 0 and "damaged clip(s)" in res.output
 
 
-def test_training_refuses_a_damaged_cache_naming_shard_and_clips(tmp_path):
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_training_refuses_a_damaged_cache_naming_shard_and_clips(tmp_path, kind):
     url = tmp_path / "c.zarr"
     _cache(url)
-    _garbage_data_keep_index(url)
+    DAMAGE[kind](url)
     res = CliRunner().invoke(cli, ["train-head", "--cache", str(url), "--head", "meanfc", "--epochs", "1",
                                    "--runs", str(tmp_path / "runs")])  # fmt: skip
     assert res.exit_code == 1, res.output
     line = res.output.strip().splitlines()[-1]
-    assert SHARD in line and "v/4.mp4" in line and "Traceback" not in res.output
+    first = "v/0.mp4" if kind == "swap" else "v/4.mp4"  # swap: shard 0 is read (and fails) first
+    assert SHARD.replace("/1/", "/0/" if kind == "swap" else "/1/") in line and first in line, line
+    assert "Traceback" not in res.output and len(line) < 300
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("best.safetensors"))
 
 
 def test_evaluate_on_a_damaged_copy_is_refused(tmp_path):
