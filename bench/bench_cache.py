@@ -169,6 +169,36 @@ read speed, and only uncompressed local caches get the raw reader. `--codec lz4|
     write_section("Feature cache: bytes per clip and read throughput", body)
 
 
+def _extract_with_and_without(tmp: Path, rounds: int) -> str:
+    """A table row: `stecache extract` end to end (videomaev2-tiny, 32 synthetic clips, shards of 8)."""
+    import warnings
+
+    from stecache.cache import Cache
+    from stecache.extract import ExtractConfig, extract
+
+    ds = synth_data(Path("work/bench/synth"))
+    ds = type(ds)(root=ds.root, classes=ds.classes, clips=ds.clips[:32], multi_label=ds.multi_label)
+    cfg = ExtractConfig(workers=0, progress=False, shard_size=8)
+    real = Cache.checksum_hash
+
+    def run(crc: bool):
+        def f():
+            shutil.rmtree(tmp / "e.zarr", ignore_errors=True)
+            Cache.checksum_hash = real if crc else property(lambda self: None)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    extract(ds, tmp / "e.zarr", "videomaev2-tiny", cfg=cfg)
+            finally:
+                Cache.checksum_hash = real
+
+        return f
+
+    t = interleave({"with": run(True), "without": run(False)}, rounds=rounds)
+    a, b = median(t["with"]), median(t["without"])
+    return f"| extract end to end (tiny encoder, 32 clips) | {32 / a:,.1f} | {32 / b:,.1f} | {a / b:.3f} |"
+
+
 def checksums(n_clips: int = 512, rounds: int = 7) -> None:
     """Cost of the per-clip CRC-32C on write and read (with vs without, interleaved) and verify GB/s."""
     from stecache.cache import open_cache
@@ -222,6 +252,7 @@ def checksums(n_clips: int = 512, rounds: int = 7) -> None:
     times = interleave({k: v for k, v in variants.items() if k.startswith("write")}, rounds=rounds)
     times.update(interleave({k: v for k, v in variants.items() if k.startswith("read")}, rounds=rounds))
     canary = median(times.pop("_canary_gflops"))
+    e2e = _extract_with_and_without(tmp, rounds=max(3, rounds // 2))
     verifies = [verify(tmp / "c.zarr") for _ in range(3)]
     gbs = median([r.bytes_checked / r.seconds / 1e9 for r in verifies])
     shutil.rmtree(tmp, ignore_errors=True)
@@ -230,6 +261,7 @@ def checksums(n_clips: int = 512, rounds: int = 7) -> None:
         a, b = [k for k in variants if k.startswith(what + ",")]
         ta, tb = median(times[a]), median(times[b])
         rows.append(f"| {what} | {n_clips / ta:,.0f} | {n_clips / tb:,.0f} | {ta / tb:.3f} |")
+    rows.append(e2e)
     body = f"""
 {n_clips} clips of `[8, 384, 7, 7]` fp16 ({row_mb:.2f} MB each), uncompressed local cache, warm page cache.
 Each clip's CRC-32C (google-crc32c, hardware instruction) is computed on write (on the writer thread during
