@@ -213,7 +213,7 @@ def state_line(cache) -> str:
 
     if cache.checksum_hash is None:
         return "none (made before stecache stored checksums; re-extract to add them)"
-    line = f"{cache.checksum_hash} per clip, checked on every read"
+    line = f"{cache.checksum_hash} per clip, checked when read"
     root = _local_path(cache.url)
     try:
         s = json.loads((root / STATE_FILE).read_text()) if root is not None else None
