@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .config import ConfigError
 from .errors import StecacheError
 
 
@@ -24,10 +25,18 @@ class Group(click.Group):
         warnings.showwarning = _one_line_warning
         try:
             return super().invoke(ctx)
-        except StecacheError as e:
+        except click.ClickException as e:
+            e.message = _short_message(e.message)
+            raise
+        except (StecacheError, ConfigError) as e:
             if _rank() != 0:  # under torchrun every rank fails alike; rank 0 says why, once
                 sys.exit(1)
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(_short_message(str(e))) from None
+        except OSError as e:  # the machine's answer about a path: permission, read-only, not a dir, full disk
+            where = f"{e.filename}: " if e.filename else ""
+            raise click.ClickException(_short_message(f"{where}{e.strerror or e}")) from None
+        except MemoryError:
+            raise click.ClickException("out of memory; use smaller inputs or --ram-limit/--memory") from None
         except KeyboardInterrupt:
             click.echo("interrupted; re-run the same command to resume", err=True)
             sys.exit(130)
@@ -38,6 +47,36 @@ def _rank() -> int:
     import os
 
     return int(os.environ.get("RANK", "0") or 0)
+
+def _short_message(msg: str, width: int = 280, lines: int = 25) -> str:
+    """A message cut to `lines` lines of at most `width` characters (a 2M-label line stays readable)."""
+    out = [ln if len(ln) <= width else ln[: width - 3] + "..." for ln in str(msg).splitlines()[:lines]]
+    if len(str(msg).splitlines()) > lines:
+        out.append("...")
+    return "\n".join(out)
+
+
+def _device(ctx, param, value: str | None) -> str | None:
+    """A torch device that exists here (cpu, cuda, cuda:N, mps), or a usage error naming the flag."""
+    if value is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise click.BadParameter(f"{value!r} is not a torch device (cpu, cuda, cuda:0, ...)") from None
+    if dev.type == "cuda" and (
+        not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()
+    ):
+        raise click.BadParameter(f"{value!r}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    mps = dev.type == "mps" and torch.backends.mps.is_available()
+    if dev.type not in ("cpu", "cuda") and not mps:
+        raise click.BadParameter(f"{value!r}: device type {dev.type!r} is not available here")
+    return value
+
+
+SEED = click.IntRange(0, 2**63 - 1)  # numpy and torch seeds: non-negative, 64-bit
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -62,8 +101,8 @@ def cli():
 
 @cli.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--seed", default=0, show_default=True, help="Random seed; same seed, same dataset.")
-@click.option("--clips", "n_clips", default=300, show_default=True, type=click.IntRange(min=1),
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Random seed; same seed, same dataset.")
+@click.option("--clips", "n_clips", default=300, show_default=True, type=click.IntRange(1, 10**6),
               help="Number of clips in all splits.")  # fmt: skip
 @click.option("--multi-label", is_flag=True, help="Clips may carry several labels (TinyVIRAT-like).")
 @click.option("--force", is_flag=True, help="Replace the dataset files of a non-empty OUT.")
@@ -83,15 +122,16 @@ def _shape(ctx, param, value: str) -> tuple[int, int, int, int]:
         shape = tuple(int(v) for v in value.split(","))
     except ValueError:
         shape = ()
-    if len(shape) != 4 or min(shape) < 1:
-        raise click.BadParameter(f"{value!r} is not n,c,h,w (4 positive ints), e.g. 8,768,14,14")
+    if len(shape) != 4 or min(shape) < 1 or max(shape) > 10**5:
+        raise click.BadParameter(f"{value[:60]!r} is not n,c,h,w (4 ints in 1..100000), e.g. 8,768,14,14")
     return shape
 
 
 @cli.command()
 @click.option("--describe", is_flag=True, help="Table of parameters (fwd GFLOP/clip) per head × depth 0–4.")
 @click.option("--shape", default="8,768,14,14", show_default=True, callback=_shape, help="Features n,c,h,w.")
-@click.option("--classes", default=26, show_default=True, type=click.IntRange(1), help="Number of classes K.")
+@click.option("--classes", default=26, show_default=True, type=click.IntRange(1, 10**6),
+              help="Number of classes K.")  # fmt: skip
 def heads(describe: bool, shape: tuple, classes: int):
     """List the classifier heads (meanfc, tr, ste, stemean, patch); --describe sizes them for a shape."""
     from .heads import HEADS, describe_table, valid_depths
@@ -110,9 +150,12 @@ def heads(describe: bool, shape: tuple, classes: int):
 
 def _int_list(ctx, param, value: str) -> list[int]:
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        out = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of ints, e.g. 0,1,2") from None
+    if not out or not all(SEED.min <= v <= SEED.max for v in out):
+        raise click.BadParameter(f"{value[:40]!r}: seeds are integers in 0..2**63-1, e.g. 0,1,2")
+    return out
 
 
 def _key_values(item: str, example: str) -> tuple[str, str]:
@@ -143,13 +186,13 @@ def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--tables", help="Paper presets: I (meanFC/Tr d1/STE d1, every cache), II, III (first cache).")
 @click.option("--heads", help="Head specs for every cache, e.g. meanfc,tr:1,ste:0-4.")
 @click.option("--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Seeds (comma list).")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 10**5), default=30, show_default=True, help="Paper: 100.")
+@click.option("--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True)
 @click.option("--set", "grid", multiple=True, callback=_grid_option, metavar="KEY=V1,V2",
               help="Sweep any TrainConfig field (repeatable), e.g. --set lr=1e-3,3e-3.")  # fmt: skip
 @click.option("--memory", help="Memory the heads of one pass may take (e.g. 8G) [default: half of free "
               "RAM, or 90% of free GPU memory]; over it, heads are split into several passes.")  # fmt: skip
-@click.option("--device", help="torch device [default: cuda if available, else cpu].")
+@click.option("--device", callback=_device, help="torch device [default: cuda if available, else cpu].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/ablation"), show_default=True,
               help="Runs root: one folder per run + results.jsonl.")  # fmt: skip
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
@@ -183,7 +226,7 @@ def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, devic
               help="Fig. 1 heat maps instead: position correlation of a cache's features (raw) and, for a "
               "run folder, after its head's blocks.")  # fmt: skip
 @click.option("--split", default="val", show_default=True, help="Split averaged over (with --correlation).")
-@click.option("--max-clips", default=256, show_default=True, type=click.IntRange(1),
+@click.option("--max-clips", default=256, show_default=True, type=click.IntRange(1, 10**7),
               help="Clips averaged over (with --correlation).")  # fmt: skip
 def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, split: str, max_clips: int):
     """Tables I–III (markdown, CSV, PNG) from RESULTS (a results.jsonl), or Fig. 1 maps (--correlation)."""
@@ -228,12 +271,13 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--depth", type=int, default=None,
               help="Blocks in the head [default: 1 for tr/ste/stemean, 0 for meanfc/patch].")  # fmt: skip
 @click.option("--cache", "cache", help="Feature cache [default: the one `stecache extract` made last].")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the head's init and dropout.")
-@click.option("--data-seed", type=int, help="Seed of the batch order [default: --seed].")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True, help="Global batch.")
+@click.option("--epochs", type=click.IntRange(1, 10**5), default=30, show_default=True, help="Paper: 100.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the head's init and dropout.")
+@click.option("--data-seed", type=SEED, help="Seed of the batch order [default: --seed].")
+@click.option("--batch-size", type=click.IntRange(1, 2**20), default=32, show_default=True,
+              help="Global batch.")  # fmt: skip
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Base lr per 256 clips (scaled).")
-@click.option("--warmup-epochs", type=click.IntRange(0), default=5, show_default=True,
+@click.option("--warmup-epochs", type=click.IntRange(0, 10**5), default=5, show_default=True,
               help="Linear warm-up epochs, capped at epochs//5.")  # fmt: skip
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--no-balance", is_flag=True, help="Uniform sampling instead of the class-balanced sampler.")
@@ -435,18 +479,19 @@ def _dataset_options(f):
 )
 @_dataset_options
 @click.option("--cache", "cache_url", help="Output zarr path or URL [default: work/cache-<backbone>.zarr].")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per forward.")
-@click.option("--workers", type=click.IntRange(0), help="Decoding processes [default: min(2, cpus)].")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096),
+              help="Clips per forward.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(0, 256), help="Decoding processes [default: min(2, cpus)].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--test-views", is_flag=True, help="Store the backbone's test protocol views (clips x crops).")
 @click.option(
     "--train-views",
     default=0,
     show_default=True,
-    type=click.IntRange(0),
+    type=click.IntRange(0, 1000),
     help="Also store K augmented views per clip (random frames, crop, flip).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of augmented views and --val-from-train.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of augmented views and --val-from-train.")
 @click.option(
     "--codec",
     type=click.Choice(CODEC_NAMES),
@@ -454,13 +499,16 @@ def _dataset_options(f):
     show_default=True,
     help="Feature compression of a new cache (fp16 features barely compress; see BENCHMARKS.md).",
 )
-@click.option("--shard-size", type=click.IntRange(1), help="Clips per shard file [default: ~128 MB shards].")
+@click.option("--shard-size", type=click.IntRange(1, 2**20),
+              help="Clips per shard file [default: ~128 MB shards].")  # fmt: skip
 @click.option("--allow-failures", is_flag=True, help="Exit 0 even if some clips cannot be decoded.")
 @click.option("--strict-decode", is_flag=True,
               help="Fail a clip whose stream breaks after good frames [default: keep it, partial].")
 @click.option("--box-margin", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Grow each annotated box by this fraction of its size on every side.")  # fmt: skip
-@click.option("--device", help="torch device [default: cuda if available, else cpu].")
+@click.option("--device", callback=_device, help="torch device [default: cuda if available, else cpu].")
+@click.option("--log-every", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+              help="Seconds between progress lines when stderr is not a tty (nohup, scheduler).")  # fmt: skip
 def extract(
     backbone,
     checkpoint,
@@ -485,6 +533,7 @@ def extract(
     strict_decode,
     box_margin,
     device,
+    log_every,
 ):
     """Run a frozen encoder once over every clip into a resumable zarr feature cache.
 
@@ -510,12 +559,11 @@ def extract(
         strict_decode=strict_decode,
         box_margin=box_margin,
         device=device,
+        log_every=log_every,
     )
-    try:
-        s = run_extract(dataset, cache_url, backbone, checkpoint=checkpoint, cfg=cfg, frames=frames)
-    finally:
-        if "://" not in str(cache_url) and Path(cache_url, "zarr.json").exists():
-            remember_cache(cache_url)
+    s = run_extract(dataset, cache_url, backbone, checkpoint=checkpoint, cfg=cfg, frames=frames)
+    if "://" not in str(cache_url):  # only a cache that extract finished is remembered
+        remember_cache(cache_url)
     if _rank() != 0:  # every rank returns the same gathered summary
         return
     click.echo(
@@ -587,14 +635,31 @@ def info(cache: str):
     click.echo(open_cache(cache).describe())
 
 
+@cli.command()
+@click.argument("cache")
+@click.option("--repair", is_flag=True, help="Mark damaged clips not done, so the same extract redoes them.")
+def verify(cache: str, repair: bool):
+    """Check every stored byte of CACHE against its checksum; name the damaged clips (exit 1 if any)."""
+    from .cache.verify import verify as run_verify
+
+    report = run_verify(cache, repair=repair)
+    lines = report.lines()
+    click.echo("\n".join(lines[:-1]))
+    if report.bad and not report.repaired or report.problems or report.hash is None:
+        damaged = f"{len(report.bad)} damaged clip(s) in {cache}; " if report.bad else ""
+        raise click.ClickException(damaged + lines[-1])
+    click.echo(lines[-1])
+
+
 @cli.command("export-h5")
 @click.argument("cache")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-def export_h5(cache: str, out: Path):
+@click.option("--allow-incomplete", is_flag=True, help="Export a cache that extract has not finished.")
+def export_h5(cache: str, out: Path, allow_incomplete: bool):
     """Write a cache's features, labels, ids, splits and attributes to an HDF5 file."""
     from .cache import export_h5 as run_export
 
-    click.echo(run_export(cache, out))
+    click.echo(run_export(cache, out, allow_incomplete=allow_incomplete))
 
 
 @cli.command("import-h5")
@@ -633,7 +698,8 @@ _CHECKPOINT = click.option(
 @cli.command()
 @_RUN
 @click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1), help="Classes per video.")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 10**6),
+              help="Classes per video.")  # fmt: skip
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True
 )
@@ -653,9 +719,11 @@ _CHECKPOINT = click.option(
     help="Folder for the timeline CSV/JSON/PNG files [default: RUN/timelines].",
 )
 @_CHECKPOINT
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1), help="Videos per batch.")
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(0), help="Decoding processes.")
-@click.option("--device", help="torch device [default: cuda if available, else cpu].")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(1, 4096),
+              help="Videos per batch.")  # fmt: skip
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 256),
+              help="Decoding processes.")  # fmt: skip
+@click.option("--device", callback=_device, help="torch device [default: cuda if available, else cpu].")
 def predict(run, videos, top_k, fmt, window, stride, out, checkpoint, batch_size, workers, device):
     """Classify VIDEOS (files or folders) with RUN's backbone + head, end to end.
 
@@ -724,6 +792,8 @@ def export(run, fmt, head_only, out, checkpoint):
     """
     from .export import export as run_export
 
+    if out is not None and out.exists() and not out.is_file():
+        raise click.ClickException(f"--out {out}: exists and is not a regular file; give a new file path")
     model, meta = run_export(run, fmt, out, head_only, checkpoint)
     click.echo(f"wrote {model}, {meta} (preprocessing, class names) and {meta.parent / 'preprocess.py'}")
 

@@ -83,3 +83,10 @@ class RunBusy(StecacheError):
 
 class NonFiniteLoss(TrainError):
     """A training loss became NaN or inf: the message names the epoch, batch and clip ids."""
+
+class CacheCorrupt(StecacheError):
+    """A cache whose files are damaged: bytes that fail their checksum, unreadable metadata or shards."""
+
+
+class BadValue(StecacheError, ValueError):
+    """A flag or file value that is out of range or of the wrong kind: the message names the flag/file."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .annotations import Dataset, load_dataset, resolve_clip
-from .cache import DEFAULT_CODEC, Cache, create_cache, lock, open_cache
+from .cache import DEFAULT_CODEC, Cache, check_url, create_cache, lock, open_cache
 from .config import Config
 from .errors import ExtractionFailed, StecacheError
 from .video import Preprocess, Sampling, load_clip
@@ -52,6 +52,7 @@ class ExtractConfig(Config):
     box_margin: float = 0.0  # grow each annotated box by this fraction of its size on every side
     device: str | None = None  # None = cuda (rank's local GPU) if available, else cpu
     progress: bool = True
+    log_every: float = 30.0  # seconds between plain progress lines when stderr is not a terminal
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,8 @@ def _worker_init(_: int) -> None:
 class _Writer:
     """A background thread storing finished shards in order; a bounded queue keeps memory flat."""
 
-    def __init__(self, cache: Cache, depth: int = 2):
-        self.cache, self.error = cache, None
+    def __init__(self, cache: Cache, depth: int = 2, on_written=None):
+        self.cache, self.error, self.on_written = cache, None, on_written
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -169,6 +170,8 @@ class _Writer:
             if self.error is None:
                 try:
                     self.cache.write_shard(*item)
+                    if self.on_written is not None:
+                        self.on_written(item[0])  # the shard's start row
                 except Exception as e:  # re-raised in the main thread by put()/close()
                     self.error = e
 
@@ -234,6 +237,7 @@ def extract(
 
 def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world, frames=None) -> dict:
     t0 = time.perf_counter()
+    check_url(cache_url, write=True)  # memory://, zip://, a file: refused before anything runs
     if cfg.device:
         device = torch.device(cfg.device)
     elif torch.cuda.is_available():
@@ -322,7 +326,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world, frames=
 
 def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tuple[int, list, list]:
     """Decode, forward and write this rank's shards: (extracted, [(clip_id, error)], [(clip_id, partial)])."""
-    from tqdm import tqdm
+    from .progress import Progress
 
     todo = [r for a, b in shards for r in range(a, b) if not done[r]]
     if not todo:
@@ -340,8 +344,10 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
     last_of_shard = {max(r for r in range(a, b) if not done[r]) for a, b in shards if not done[a:b].all()}
     shard_of = {r: (a, b) for a, b in shards for r in range(a, b)}
     v_shape = (views.count, *cache.feature_shape)
-    writer = _Writer(cache)
-    bar = tqdm(total=len(todo), unit="clip", disable=(None if cfg.progress and rank == 0 else True))
+    # progress counts a clip when its shard is written (decode and forward run ahead: shown beside it)
+    progress = Progress(len(todo), enabled=cfg.progress and rank == 0, log_every=cfg.log_every)
+    n_todo = {a: int((~done[a:b]).sum()) for a, b in shards}
+    writer = _Writer(cache, on_written=lambda a: progress.add(written=n_todo[a]))
     buf: dict = {}
     pending: list[tuple[int, torch.Tensor]] = []
     extracted, failed = 0, []
@@ -358,6 +364,7 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                 }
                 if buf["ok"].any():
                     buf["feats"][:] = cache.read_views(slice(a, b))
+            progress.add(decoded=1, computed=1 if err else 0)
             if err:
                 buf["errors"][row - a] = err
                 failed.append((dataset.clips[row].clip_id, err))
@@ -368,13 +375,17 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                     partial.append((dataset.clips[row].clip_id, note))
             if len(pending) == cfg.batch_size or row in last_of_shard:
                 extracted += _forward(backbone, pending, buf, a, v_shape, device)
+                progress.add(computed=len(pending))
+                for r, _ in pending:  # a non-finite feature is a failure of its clip (_forward marks it)
+                    if buf["errors"][r - a]:
+                        failed.append((dataset.clips[r].clip_id, buf["errors"][r - a]))
                 pending = []
             if row in last_of_shard:
                 feats = buf["feats"]  # [S, V, n, c, h, w]
                 extra = feats[:, 1:] if views.count > 1 else None
                 writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"], buf["partial"])
                 buf = {}
-            bar.update(1)
+            progress.refresh()
     except KeyboardInterrupt:  # Ctrl-C: also keep the clips of the unfinished shard already computed
         if buf:
             feats = buf["feats"]
@@ -382,8 +393,10 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
             writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"], buf["partial"])
         raise
     finally:  # also on Ctrl-C or errors: shards already complete are still stored
-        bar.close()
-        writer.close()
+        try:
+            writer.close()
+        finally:
+            progress.close()
     return extracted, failed, partial
 
 
@@ -398,10 +411,18 @@ def _forward(backbone, pending, buf, start, v_shape, device) -> int:
     if tuple(y.shape[1:]) != v_shape[1:]:
         raise StecacheError(f"{backbone.name}: output {tuple(y.shape[1:])} != expected {v_shape[1:]}")
     y = y.float().cpu().numpy().reshape(b, v, *v_shape[1:])
+    n_ok = 0
     for (row, _), feats in zip(pending, y, strict=True):
         buf["feats"][row - start] = feats
+        bad = int((~np.isfinite(buf["feats"][row - start])).sum())  # in the stored dtype (fp16 overflows)
+        if bad:  # a failure of this clip, recorded like a decode error; its row stays zeros
+            buf["feats"][row - start] = 0
+            what = f"{bad} of {feats.size} values NaN/inf as {buf['feats'].dtype}"
+            buf["errors"][row - start] = f"NonFiniteFeatures: non-finite features, {what}"
+            continue
         buf["ok"][row - start] = True
-    return b
+        n_ok += 1
+    return n_ok
 
 
 # ---- datasets from annotation files ----------------------------------------------------------------------

@@ -94,6 +94,9 @@ def plan(
     unknown = sorted(set(grid) - fields)
     if unknown:
         raise SweepError(f"--set {unknown}: not TrainConfig fields; known: {', '.join(sorted(fields))}")
+    fixed = {"head": "--heads", "depth": "--heads (e.g. ste:0-4)", "seed": "--seeds"}
+    for key in sorted(set(grid) & set(fixed)):  # plan sets these from its own flags: --set would be ignored
+        raise SweepError(f"--set {key}=...: {key} is not varied by --set; use {fixed[key]}")
     jobs: dict[tuple, Job] = {}
     for i, cache in enumerate(caches):
         specs = [h for t in names if t == "I" or i == 0 for h in parse_heads(list(TABLES[t]))] + extra

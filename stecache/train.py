@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import data as D
@@ -384,7 +385,8 @@ def write_run_config(out: Path, cfg: TrainConfig, cache, failed: int, world: int
     out.mkdir(parents=True, exist_ok=True)
     url = cache.url if "://" in cache.url else str(Path(cache.url).resolve())  # evaluate from anywhere
     record = {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint,
-              "cache": {"url": url, "fingerprint": cache.fingerprint}, "cache_attrs": cache.attrs,
+              "cache": {"url": url, "fingerprint": cache.fingerprint, "content": cache.content_digest()},
+              "cache_attrs": cache.attrs,
               "failed_clips": failed, "world_size": world}  # fmt: skip
     _save(json.dumps(record, indent=2, default=str) + "\n", out / "config.json")
 
@@ -557,6 +559,12 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
         raise CacheMismatch(
             f"cache {c.url} (fingerprint {c.fingerprint}) is not the one run {run_dir} was trained on "
             f"({rec['cache']['fingerprint']}); differing attributes: {', '.join(diff) or 'unknown'}"
+        )
+    content = rec["cache"].get("content")  # the bytes too, not only the attributes (issue 14)
+    if content and c.content_digest() not in (None, content):
+        raise CacheMismatch(
+            f"cache {c.url} has the attributes of run {run_dir}'s cache but other content (checksums "
+            f"{c.content_digest()} vs {content}): it was re-extracted or repaired; evaluate on the original"
         )
     head = load_head(run_dir, rec)
     multi = bool(c.multi_label)

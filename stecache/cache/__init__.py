@@ -12,13 +12,8 @@ Python: `open_cache("work/cache.zarr").read([0, 1])`.
 from __future__ import annotations
 
 import datetime
-import errno
-import fcntl
 import json
-import os
-import socket
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,7 +24,9 @@ from zarr.codecs import BloscCodec
 
 from .. import __version__
 from ..config import canonical_json, fingerprint
-from ..errors import AnnotationError, CacheBusy, CacheMismatch, StecacheError
+from ..errors import AnnotationError, CacheCorrupt, CacheMismatch, StecacheError
+from . import verify as V
+from .lock import _local_path, check_url, lock  # noqa: F401  (lock re-exported)
 from .raw import take
 
 FORMAT_VERSION = 1
@@ -67,14 +64,6 @@ def manifest_fingerprint(clips: Sequence[Any]) -> str:
     return fingerprint([[c.clip_id, sorted(c.labels), c.split] for c in clips])
 
 
-def _local_path(url: str | Path) -> Path | None:
-    """The local directory of a cache URL, or None for remote (fsspec) stores."""
-    s = str(url)
-    if s.startswith("file://"):
-        return Path(s[len("file://") :])
-    return None if "://" in s else Path(s)
-
-
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(d, dict):
         out: dict[str, Any] = {}
@@ -95,39 +84,6 @@ def attrs_diff(old: dict, new: dict) -> list[str]:
     ]
 
 
-@contextmanager
-def lock(url: str | Path) -> Iterator[None]:
-    """Hold `<cache>/.lock` while extracting; CacheBusy if another process holds it.
-
-    POSIX record locks (lockf): the kernel drops them when the holder dies (SIGKILL included), and forked
-    children such as DataLoader workers do not inherit them, so a killed run never leaves a stale lock.
-    """
-    path = _local_path(url)
-    if path is None:  # object stores have no flock; callers own the one-writer rule there
-        yield
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "a+") as f:
-        try:
-            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise CacheBusy(
-                f"{url}: cache is busy, {holder} is extracting into it; wait for it to finish or stop it"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.lockf(f, fcntl.LOCK_UN)
-
-
 class Cache:
     """An open feature cache; arrays are read lazily, `done` and `error` fresh on every access."""
 
@@ -137,15 +93,21 @@ class Cache:
         self.attrs: dict = dict(group.attrs)
         if "fingerprint" not in self.attrs:
             raise CacheMismatch(f"{url}: not a complete stecache cache (no fingerprint attribute)")
-        self.fingerprint: str = self.attrs["fingerprint"]
-        self.class_names: tuple[str, ...] = tuple(self.attrs["class_names"])
-        self.multi_label: bool = bool(self.attrs["multi_label"])
-        self.feature_shape: tuple[int, int, int, int] = tuple(self.attrs["feature_shape"])  # (n, c, h, w)
-        self.num_views: int = int(self.attrs["num_views"])
-        self.dtype: str = self.attrs["dtype"]
-        self.shard_size: int = int(self.attrs["shard_size"])
-        self._features = group["features"]
-        self._views = group["views"] if self.num_views > 1 else None
+        try:
+            self.fingerprint: str = self.attrs["fingerprint"]
+            self.class_names: tuple[str, ...] = tuple(self.attrs["class_names"])
+            self.multi_label: bool = bool(self.attrs["multi_label"])
+            self.feature_shape: tuple[int, int, int, int] = tuple(self.attrs["feature_shape"])  # (n, c, h, w)
+            self.num_views: int = int(self.attrs["num_views"])
+            self.dtype: str = self.attrs["dtype"]
+            self.shard_size: int = int(self.attrs["shard_size"])
+            self._features = group["features"]
+            self._views = group["views"] if self.num_views > 1 else None
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheCorrupt(f"{url}: zarr.json or an array's metadata is damaged ({_short(e)})") from None
+        self._checksums: dict[str, np.ndarray | None] = {}
+        self._raw_dirs: dict[str, Path | None] = {}
+        self._verified: dict[str, np.ndarray] = {}  # [N] bool per array: rows this object has checked
 
     def __len__(self) -> int:
         return int(self.attrs["num_clips"])
@@ -153,13 +115,23 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache({self.url!r}, N={len(self)}, features={self.feature_shape}, views={self.num_views})"
 
+    def _meta(self, name: str) -> np.ndarray:
+        """A whole per-clip array; CacheCorrupt naming it if its files cannot be read."""
+        try:
+            x = self.group[name][:]
+        except Exception as e:  # zarr/numcodecs raise many kinds on damaged chunks; all mean the same here
+            raise CacheCorrupt(f"{self.url}: the {name!r} array is damaged ({_short(e)})") from None
+        if x.shape[:1] != (len(self),):
+            raise CacheCorrupt(f"{self.url}: the {name!r} array has shape {x.shape}, not {len(self)} rows")
+        return x
+
     @property
     def done(self) -> np.ndarray:  # [N] bool
-        return np.asarray(self.group["done"][:], dtype=bool)
+        return np.asarray(self._meta("done"), dtype=bool)
 
     @property
     def error(self) -> np.ndarray:  # [N] str, "" where no failure
-        return np.asarray(self.group["error"][:].tolist(), dtype=object)
+        return np.asarray(self._meta("error").tolist(), dtype=object)
 
     @property
     def partial(self) -> np.ndarray:  # [N] str, "decoded/declared frames" where a stream broke, else ""
@@ -169,15 +141,61 @@ class Cache:
 
     @cached_property
     def split(self) -> np.ndarray:  # [N] str
-        return np.asarray(self.group["split"][:].tolist(), dtype=object)
+        return np.asarray(self._meta("split").tolist(), dtype=object)
 
     @cached_property
     def clip_id(self) -> np.ndarray:  # [N] str
-        return np.asarray(self.group["clip_id"][:].tolist(), dtype=object)
+        return np.asarray(self._meta("clip_id").tolist(), dtype=object)
 
     @cached_property
     def _labels(self) -> np.ndarray:
-        return np.asarray(self.group["labels"][:], dtype=np.uint8)
+        return np.asarray(self._meta("labels"), dtype=np.uint8)
+
+    @cached_property
+    def checksum_hash(self) -> str | None:
+        """The hash of the per-clip checksums ("crc32c"), None for caches made before checksums."""
+        if V.ARRAYS["features"] not in self.group:
+            return None
+        name = self.group[V.ARRAYS["features"]].attrs.get("hash")
+        if name not in V.HASHES or V.HASHES[name] is None:
+            raise CacheCorrupt(f"{self.url}: checksums use hash {name!r}, which this stecache cannot compute")
+        return name
+
+    def _damaged_shard(self, name: str, rows, error: Exception) -> str:
+        """One line naming the first shard file of `rows` that cannot be read, and its clip ids."""
+        idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else np.asarray(rows)
+        for s in np.unique(idx // self.shard_size):
+            a, b = int(s) * self.shard_size, min((int(s) + 1) * self.shard_size, len(self))
+            try:
+                take(self._features if name == "features" else self._views, slice(a, b), self._raw_dir(name))
+            except Exception as e:  # this is the one
+                ids = ", ".join(map(str, self.clip_id[a : min(b, a + 5)])) + (" ..." if b - a > 5 else "")
+                where = f"{self.url}: shard file {V.shard_file(self, name, a)}"
+                return f"{where} is damaged ({_short(e, 60)}): clips {ids}; run `stecache verify --repair`"
+        return f"{self.url}: a shard file of {name!r} is damaged ({_short(error)})"
+
+    def content_digest(self) -> str | None:
+        """A digest of what the cache holds: done flags and the checksums of done rows (None: no checksums).
+
+        Two copies with equal digests hold the same bytes; computed from the checksum arrays, not the data.
+        """
+        if not self.checksum_hash:
+            return None
+        import hashlib
+
+        done = self.done
+        h = hashlib.sha256(done.tobytes())
+        for name in ["features"] + (["views"] if self._views is not None else []):
+            h.update(np.where(done, self.stored_checksums(name), V.NONE).astype("<i8").tobytes())
+        return f"{self.checksum_hash}:{h.hexdigest()[:16]}"
+
+    def stored_checksums(self, name: str) -> np.ndarray | None:
+        """Stored checksums of array `name` [N] int64 (-1: row never written), None if the cache has none."""
+        if name not in self._checksums:
+            key = V.ARRAYS[name]
+            have = self.checksum_hash and key in self.group
+            self._checksums[name] = np.asarray(self._meta(key), dtype=np.int64) if have else None
+        return self._checksums[name]
 
     def labels(self) -> np.ndarray:
         """Multi-hot labels [N, K] uint8 (single-label caches: exactly one 1 per row)."""
@@ -197,18 +215,50 @@ class Cache:
         return np.flatnonzero(keep).astype(np.int64)
 
     def read(self, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:
-        """Features of `rows` [len(rows), n, c, h, w] in the stored dtype (view 0), any order/repeats."""
-        return take(self._features, rows, self._raw_dir("features"))
+        """Features of `rows` [len(rows), n, c, h, w] in the stored dtype (view 0), any order/repeats.
+
+        Each row is checked against its checksum the first time this object reads it: CacheCorrupt names
+        the shard files and clip ids.
+        """
+        return self.read_array("features", rows)
 
     def read_views(self, rows: Sequence[int] | np.ndarray | slice) -> np.ndarray:
         """All views of `rows` [len(rows), V, n, c, h, w]; view 0 is `read(rows)`."""
         first = self.read(rows)[:, None]
         if self._views is None:
             return first
-        return np.concatenate([first, take(self._views, rows, self._raw_dir("views"))], axis=1)
+        return np.concatenate([first, self.read_array("views", rows)], axis=1)
+
+    def read_array(self, name: str, rows, verify: bool = True) -> np.ndarray:
+        """Rows of `features` or `views`; typed errors for damaged shard files, checksums checked."""
+        arr = self._features if name == "features" else self._views
+        verify = verify and self.checksum_hash is not None
+        if verify:
+            idx = np.arange(*rows.indices(len(self))) if isinstance(rows, slice) else rows
+            idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+            seen = self._verified.setdefault(name, np.zeros(len(self), dtype=bool))
+            verify = not seen[idx[(idx >= 0) & (idx < len(self))]].all()  # checked once per open cache
+        raw = self._raw_dir(name)
+        sums = np.empty(len(idx), np.int64) if verify and raw is not None else None
+        try:
+            x = take(arr, rows, raw, V.HASHES[self.checksum_hash] if sums is not None else None, sums)
+        except IndexError:
+            raise
+        except Exception as e:  # truncated or garbled shard files: zarr, numcodecs or OS errors
+            raise CacheCorrupt(self._damaged_shard(name, rows, e)) from None
+        if verify:
+            V.check_rows(self, name, idx, x, sums)
+            seen[idx] = True
+        return x
 
     def _raw_dir(self, name: str) -> Path | None:
         """The array's local directory when its shards hold raw chunks (codec none): read without zarr."""
+        if name in self._raw_dirs:
+            return self._raw_dirs[name]
+        self._raw_dirs[name] = self._find_raw_dir(name)
+        return self._raw_dirs[name]
+
+    def _find_raw_dir(self, name: str) -> Path | None:
         path = _local_path(self.url)
         if path is None or self.attrs.get("codec") != "none":
             return None
@@ -236,13 +286,57 @@ class Cache:
         stop = start + len(features)
         if start % self.shard_size or (stop != min(start + self.shard_size, len(self))):
             raise ValueError(f"write_shard({start}, {len(features)} rows) is not one whole shard")
-        self._features[start:stop] = features.astype(self.dtype, copy=False)
+        features = features.astype(self.dtype, copy=False)
+        self._features[start:stop] = features
+        sums = {"features": V.row_checksums(features, self.checksum_hash)} if self.checksum_hash else {}
         if self._views is not None:
-            self._views[start:stop] = views.astype(self.dtype, copy=False)
+            views = views.astype(self.dtype, copy=False)
+            self._views[start:stop] = views
+            if sums:
+                sums["views"] = V.row_checksums(views, self.checksum_hash)
+        for name, s in sums.items():  # checksums after the data, before `done`
+            self.group[V.ARRAYS[name]][start:stop] = s
+            if self._checksums.get(name) is not None:
+                self._checksums[name][start:stop] = s
+            if name in self._verified:
+                self._verified[name][start:stop] = False
         self.group["error"][start:stop] = np.asarray(list(errors), dtype=str)
         if partial is not None and "partial" in self.group:
             self.group["partial"][start:stop] = np.asarray(list(partial), dtype=str)
         self.group["done"][start:stop] = np.asarray(ok, dtype=bool)  # only now: features are stored
+
+    def mark_not_done(self, rows: np.ndarray) -> int:
+        """Mark `rows` not done (no error, no checksum) so the next extract redoes exactly them.
+
+        Whole shard chunks are rewritten, so a damaged `done` or `error` chunk is replaced, not read.
+        """
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        for a, b in self.shards():
+            hit = rows[(rows >= a) & (rows < b)]
+            if len(hit) == 0:
+                continue
+            try:
+                done, err = self.done[a:b].copy(), self.error[a:b].copy()
+            except CacheCorrupt:
+                done, err = np.zeros(b - a, bool), np.asarray([""] * (b - a), dtype=object)
+            done[hit - a], err[hit - a] = False, ""
+            for name in ["features"] + (["views"] if self._views is not None else []):
+                if self.checksum_hash:
+                    try:
+                        sums = np.asarray(self.group[V.ARRAYS[name]][a:b], dtype=np.int64)
+                    except Exception:  # a damaged checksum chunk: its rows are redone anyway
+                        sums, done[:] = np.full(b - a, V.NONE, np.int64), False
+                    sums[hit - a] = V.NONE
+                    self.group[V.ARRAYS[name]][a:b] = sums
+            self.group["error"][a:b] = np.asarray(err.tolist(), dtype=str)
+            self.group["done"][a:b] = done
+            root = _local_path(self.url)
+            if root is not None and not done.any():  # nothing in it is kept: a damaged file would block
+                for name in ["features"] + (["views"] if self._views is not None else []):  # zarr's writes
+                    (root / V.shard_file(self, name, a)).unlink(missing_ok=True)
+        self._checksums.clear()
+        self._verified.clear()
+        return len(rows)
 
     def nbytes_on_disk(self) -> int | None:
         """Bytes of all files of a local cache (None for remote stores)."""
@@ -253,59 +347,27 @@ class Cache:
 
     def describe(self) -> str:
         """Human-readable summary: provenance, counts per split and class, failures, done/total, size."""
-        done, err, labels = self.done, self.error, self._labels
-        n_failed = int((err != "").sum())
-        size = self.nbytes_on_disk()
-        lines = [
-            f"{'cache':<13} {self.url}",
-            f"{'fingerprint':<13} {self.fingerprint}  (format {self.attrs['format_version']},"
-            f" stecache {self.attrs['stecache_version']}, created {self.attrs['created']})",
-        ]
-        skip = {"class_names", "fingerprint", "created", "format_version", "stecache_version"}
-        for k in sorted(set(self.attrs) - skip):
-            v = self.attrs[k]
-            if isinstance(v, dict) and v:  # one line per field: the backbone's provenance is long
-                lines.append(k)
-                lines += [f"  {sub:<22} {canonical_json(x)}" for sub, x in sorted(v.items())]
-            else:
-                lines.append(f"{k:<13} {canonical_json(v)}")
-        lines.append(f"{'done':<13} {int(done.sum())}/{len(self)}  failed {n_failed}")
-        lines.append(f"{'on disk':<13} " + ("n/a (remote store)" if size is None else f"{size:,} bytes"))
-        splits = sorted(set(self.split.tolist()))
-        lines.append(
-            f"{'per split':<13} "
-            + "  ".join(
-                f"{s}: {int((self.split == s).sum())} ({int(done[self.split == s].sum())} done)"
-                for s in splits
-            )
-        )
-        lines.append(f"{'class':<24}" + "".join(f"{s:>8}" for s in splits))
-        for k, name in enumerate(self.class_names):
-            counts = [int(labels[self.split == s, k].sum()) for s in splits]
-            lines.append(f"{name[:23]:<24}" + "".join(f"{c:>8}" for c in counts))
-        if "train" in splits:
-            missing = np.flatnonzero(labels[self.split == "train"].sum(0) == 0)
-            for k in missing[:5]:
-                lines.append(f"{'warning':<13} class {self.class_names[k]!r} has no training clip")
-            if len(missing) > 5:
-                lines.append(f"{'warning':<13} ... and {len(missing) - 5} more classes have no training clip")
-        partial = self.partial
-        for i in np.flatnonzero(partial != "")[:20]:
-            lines.append(f"{'partial':<13} row {i} {self.clip_id[i]}: {partial[i]}")
-        for i in np.flatnonzero(err != "")[:20]:
-            lines.append(f"{'failed':<13} row {i} {self.clip_id[i]}: {err[i]}")
-        if n_failed > 20:
-            lines.append(f"{'failed':<13} ... and {n_failed - 20} more")
-        return "\n".join(lines)
+        from .describe import describe
+
+        return describe(self)
 
 
 def open_cache(url: str | Path, mode: str = "r") -> Cache:
     """Open an existing cache (mode "r" or "r+")."""
+    check_url(url)
     try:
         group = zarr.open_group(str(url), mode=mode)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
+    except (FileNotFoundError, NotADirectoryError, zarr.errors.GroupNotFoundError) as e:
         raise StecacheError(f"{url}: no feature cache here ({e}); make one with `stecache extract`") from None
+    except (ValueError, TypeError, KeyError, OSError, UnicodeDecodeError) as e:  # a damaged zarr.json
+        raise CacheCorrupt(f"{url}: zarr.json is damaged or not a zarr v3 group ({_short(e)})") from None
     return Cache(group, url)
+
+
+def _short(e: BaseException, limit: int = 160) -> str:
+    """An exception as `Type: message`, cut to `limit` characters (one-line messages stay short)."""
+    s = " ".join(f"{type(e).__name__}: {e}".split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
 def create_cache(
@@ -351,25 +413,7 @@ def create_cache(
     attrs = json.loads(canonical_json({**provenance, **attrs}))
     attrs["fingerprint"] = fingerprint({k: v for k, v in attrs.items() if k not in UNFINGERPRINTED})
 
-    path = _local_path(url)
-    if path is not None and path.is_dir() and not (path / "zarr.json").exists():
-        strays = sorted(p.name for p in path.iterdir() if p.name != ".lock")
-        if strays:
-            raise StecacheError(
-                f"{url}: directory exists and is not a cache (holds {strays[:3]}); pick another"
-            )
-    group = zarr.open_group(str(url), mode="a")
-    if "fingerprint" in group.attrs:  # an existing complete cache: reopen if it is the same one
-        old = dict(group.attrs)
-        if old["fingerprint"] != attrs["fingerprint"]:
-            diff = "\n  ".join(attrs_diff(old, attrs)) or "(format or manifest)"
-            raise CacheMismatch(
-                f"{url} was made with other settings; use another --cache path or delete it. Differences:\n  "
-                + diff
-            )
-        return Cache(group, url)
-
-    ids = [str(c.clip_id) for c in clips]
+    ids = [str(c.clip_id) for c in clips]  # checked before anything is written
     if len(set(ids)) != n:
         dup = next(i for i in ids if ids.count(i) > 1)
         raise AnnotationError(f"clip id {dup!r} appears more than once in the annotations")
@@ -382,6 +426,27 @@ def create_cache(
     if not multi_label and n and (labels.sum(1) > 1).any():
         bad = ids[int(np.flatnonzero(labels.sum(1) > 1)[0])]
         raise AnnotationError(f"clip {bad!r}: single-label dataset needs at most one label per clip")
+
+    path = _local_path(url)
+    if path is not None and path.is_dir() and not (path / "zarr.json").exists():
+        strays = sorted(p.name for p in path.iterdir() if p.name != ".lock")
+        if strays:
+            raise StecacheError(
+                f"{url}: directory exists and is not a cache (holds {strays[:3]}); pick another"
+            )
+    try:
+        group = zarr.open_group(str(url), mode="a")
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:  # a damaged zarr.json
+        raise CacheCorrupt(f"{url}: zarr.json is damaged or not a zarr v3 group ({_short(e)})") from None
+    if "fingerprint" in group.attrs:  # an existing complete cache: reopen if it is the same one
+        old = dict(group.attrs)
+        if old["fingerprint"] != attrs["fingerprint"]:
+            diff = "\n  ".join(attrs_diff(old, attrs)) or "(format or manifest)"
+            raise CacheMismatch(
+                f"{url} was made with other settings; use another --cache path or delete it. Differences:\n  "
+                + diff
+            )
+        return Cache(group, url)
 
     # Arrays first, attributes (with the fingerprint) last: a cache without fingerprint is incomplete.
     s = int(shard_size)
@@ -399,6 +464,9 @@ def create_cache(
     group.create_array("clip_id", shape=(n,), chunks=(max(n, 1),), dtype=str, overwrite=True)
     # done/error: one chunk per shard, so ranks owning disjoint shards never write the same file.
     group.create_array("done", shape=(n,), chunks=(s,), dtype=bool, fill_value=False, overwrite=True)
+    for name in ["features"] + (["views"] if num_views > 1 else []):  # per-row checksums (verify.py)
+        group.create_array(V.ARRAYS[name], shape=(n,), chunks=(s,), dtype="int64", fill_value=V.NONE,
+                           overwrite=True, attributes={"hash": V.HASH})  # fmt: skip
     group.create_array("error", shape=(n,), chunks=(s,), dtype=str, overwrite=True)
     group.create_array("partial", shape=(n,), chunks=(s,), dtype=str, overwrite=True)
     if n:

@@ -16,14 +16,38 @@ if TYPE_CHECKING:
     from . import Cache
 
 
-def export_h5(url: str | Path, out: str | Path) -> str:
-    """Write a cache's features, views, labels, ids, splits, flags and attributes to an HDF5 file."""
-    import h5py
+def export_h5(url: str | Path, out: str | Path, allow_incomplete: bool = False) -> str:
+    """Write a cache's features, views, labels, ids, splits, flags and attributes to an HDF5 file.
 
+    A cache with rows neither done nor failed is refused unless `allow_incomplete`; every row read is
+    checked against its checksum, and the file is written under a temporary name, then renamed.
+    """
+    from ..errors import CacheIncomplete
     from . import open_cache
 
     cache = open_cache(url)
     n = len(cache)
+    pending = int((~cache.done & (cache.error == "")).sum())
+    if pending and not allow_incomplete:
+        raise CacheIncomplete(
+            f"{url}: {pending} of {n} clips are not extracted yet; let extract finish, or pass "
+            "--allow-incomplete to export them as zeros with done=False"
+        )
+    out = Path(out)
+    if out.exists() and not out.is_file():
+        raise StecacheError(f"{out}: exists and is not a regular file; give a new .h5 path")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        _write_h5(cache, tmp, n)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return f"exported {n} clips {cache.feature_shape} x {cache.num_views} view(s) to {out}"
+
+
+def _write_h5(cache, out: Path, n: int) -> None:
+    import h5py
+
     with h5py.File(out, "w") as f:
         feats = f.create_dataset(
             "features",
@@ -48,7 +72,6 @@ def export_h5(url: str | Path, out: str | Path) -> str:
         f["done"] = cache.done
         f.attrs["class_names"] = json.dumps(list(cache.class_names))
         f.attrs["stecache"] = canonical_json(cache.attrs)
-    return f"exported {n} clips {cache.feature_shape} x {cache.num_views} view(s) to {out}"
 
 
 def import_h5(
@@ -66,19 +89,22 @@ def import_h5(
     Without a `split` dataset every clip is in `split` (default "train")."""
     import h5py
 
-    from . import DEFAULT_CODEC, Row, create_cache
+    from . import DEFAULT_CODEC, Row, check_url, create_cache
 
+    check_url(url, write=True)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise StecacheError(f"{path}: not a readable HDF5 file ({e})") from None
     with f:
         for key in (features, labels):
-            if key not in f:
+            if key not in f or not isinstance(f[key], h5py.Dataset):
                 raise StecacheError(
-                    f"{path}: no dataset {key!r} (has {sorted(f.keys())}); see --features/--labels"
+                    f"{path}: no dataset {key!r} (has {sorted(f.keys())[:10]}); see --features/--labels"
                 )
         x = f[features]
+        if x.dtype.kind not in "fiu":
+            raise StecacheError(f"{path}:{features}: dtype {x.dtype} is not numeric; expected float features")
         if x.ndim == 2:  # pooled [N, c] -> [N, 1, c, 1, 1]
             feature_shape = (1, x.shape[1], 1, 1)
         elif x.ndim == 5:
@@ -86,8 +112,12 @@ def import_h5(
         else:
             raise StecacheError(f"{path}:{features}: shape {x.shape}, expected [N, n, c, h, w] or [N, c]")
         n = x.shape[0]
-        y = np.asarray(f[labels])
-        meta = json.loads(f.attrs["stecache"]) if "stecache" in f.attrs else {}
+        y = _check_labels(path, labels, f[labels], n, class_names)
+        try:
+            meta = json.loads(f.attrs["stecache"]) if "stecache" in f.attrs else {}
+            meta = meta if isinstance(meta, dict) else {}
+        except (json.JSONDecodeError, TypeError) as e:
+            raise StecacheError(f"{path}: attribute 'stecache' is not JSON ({e})") from None
         names = list(
             class_names
             or meta.get("class_names")
@@ -104,7 +134,9 @@ def import_h5(
         def strings(key: str, default: str) -> list[str]:
             if key not in f:
                 return [default.format(i=i) for i in range(n)]
-            return [s.decode() if isinstance(s, bytes) else str(s) for s in f[key][:]]
+            if f[key].shape != (n,):
+                raise StecacheError(f"{path}:{key}: shape {f[key].shape}, expected ({n},) like {features}")
+            return [s.decode(errors="replace") if isinstance(s, bytes) else str(s) for s in f[key][:]]
 
         if split is not None and "split" in f:
             raise StecacheError(f"{path}: has a 'split' dataset; drop --split {split} or remove the dataset")
@@ -114,8 +146,12 @@ def import_h5(
             strings("error", ""),
         )
         done = np.asarray(f["done"][:], dtype=bool) if "done" in f else np.ones(n, dtype=bool)
+        if done.shape != (n,):
+            raise StecacheError(f"{path}:done: shape {done.shape}, expected ({n},)")
         has_views = "views" in f
-        num_views = (f["views"].shape[1] + 1) if has_views else 1
+        num_views = (f["views"].shape[1] + 1) if has_views and f["views"].ndim > 1 else 1
+        if has_views and tuple(f["views"].shape) != (n, num_views - 1, *feature_shape):
+            raise StecacheError(f"{path}:views: shape {f['views'].shape}, expected [N, V-1, n, c, h, w]")
         own = {
             "format_version",
             "stecache_version",
@@ -149,7 +185,48 @@ def import_h5(
             codec=codec or meta.get("codec", DEFAULT_CODEC),
         )
         for a, b in cache.shards():
-            feats = np.asarray(x[a:b]).reshape(b - a, *feature_shape)
-            views = np.asarray(f["views"][a:b]) if has_views else None
-            cache.write_shard(a, feats, views, done[a:b], errors[a:b])
+            feats = np.asarray(x[a:b]).reshape(b - a, *feature_shape).astype(dtype)
+            views = np.asarray(f["views"][a:b]).astype(dtype) if has_views else None
+            ok, err = done[a:b].copy(), list(errors[a:b])
+            both = (
+                feats.reshape(b - a, -1)
+                if views is None
+                else np.concatenate([feats.reshape(b - a, -1), views.reshape(b - a, -1)], axis=1)
+            )
+            for i in np.flatnonzero(~np.isfinite(both).all(1)):  # like extract: a failure of that clip
+                ok[i], err[i] = (
+                    False,
+                    f"NonFiniteFeatures: non-finite values in {path}:{features} row {a + i}",
+                )
+                feats[i] = 0
+                if views is not None:
+                    views[i] = 0
+            cache.write_shard(a, feats, views, ok, err)
     return cache
+
+
+def _check_labels(path, key: str, ds, n: int, class_names) -> np.ndarray:
+    """Labels [N] (class index) or [N, K] (0/1) checked before anything is allocated from them."""
+    from ..data import _mem_available
+
+    if ds.ndim not in (1, 2) or ds.shape[0] != n:
+        raise StecacheError(f"{path}:{key}: shape {ds.shape}, expected [{n}] class indices or [{n}, K] 0/1")
+    y = np.asarray(ds)
+    if y.dtype.kind not in "biuf":
+        raise StecacheError(f"{path}:{key}: dtype {y.dtype} is not a number")
+    if y.size and (not np.isfinite(y).all() or (np.round(y) != y).any()):
+        raise StecacheError(f"{path}:{key}: labels must be whole numbers (found {y[np.round(y) != y][:1]})")
+    y = y.astype(np.int64)
+    if y.ndim == 2 and y.size and not np.isin(y, (0, 1)).all():
+        raise StecacheError(f"{path}:{key}: a [N, K] label matrix must hold 0/1 only (found {y.max()})")
+    if y.ndim == 1 and y.size and y.min() < 0:
+        raise StecacheError(f"{path}:{key}: negative class index {y.min()} at row {int(y.argmin())}")
+    k = y.shape[1] if y.ndim == 2 else (int(y.max()) + 1 if y.size else 1)
+    k = max(k, len(class_names or ()))
+    need = n * k + 100 * k  # the [N, K] uint8 label matrix + K class names
+    if need > _mem_available() // 2:
+        raise StecacheError(
+            f"{path}:{key}: largest label {k - 1} means {k:,} classes, a {need / 1e9:.1f} GB label matrix, "
+            "more than half the free memory; labels must be class indices 0..K-1"
+        )
+    return y
