@@ -491,7 +491,8 @@ def _dataset_options(f):
     type=click.IntRange(0, 1000),
     help="Also store K augmented views per clip (random frames, crop, flip).",
 )
-@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of augmented views and --val-from-train.")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of augmented views and --val-from-train.")  # fmt: skip
 @click.option(
     "--codec",
     type=click.Choice(CODEC_NAMES),
