@@ -157,6 +157,7 @@ def lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
     busy = f"{folder}: {what} is busy, {{}} is writing it; wait for it to finish or use another folder"
     if key in _HELD:  # never open the lock file twice in one process: closing it would drop the lock
         raise RunBusy(busy.format(f"this process (pid {os.getpid()})"))
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # never through a symlink (a crafted folder could aim it at a file we would truncate)
@@ -181,6 +182,9 @@ def lock(folder: str | Path, what: str = "run folder") -> Iterator[None]:
             yield
         finally:
             _HELD.discard(key)
+            if created and os.listdir(folder) == [".lock"]:  # a run that failed before writing leaves nothing
+                os.unlink(folder / ".lock")
+                folder.rmdir()
             fcntl.lockf(f, fcntl.LOCK_UN)
 
 

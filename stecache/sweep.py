@@ -26,6 +26,7 @@ from . import metrics as M
 from . import runio
 from . import train as T
 from .errors import SweepError
+from .heads import HEADS
 
 # Table presets: head specs; Table I runs on every cache, II and III on the first cache only.
 # The patch_base_classifier row of Table II is `ste` at depth 0 (the same head; report.py maps it).
@@ -55,11 +56,15 @@ def parse_heads(spec: str | list[str]) -> list[tuple[str, int | None]]:
     out = []
     for item in (s.strip() for s in items if s.strip()):
         name, _, depths = item.partition(":")
+        if name not in HEADS:
+            raise SweepError(f"head spec {item!r}: unknown head {name!r}; known: {', '.join(sorted(HEADS))}")
         try:
             if not depths:
                 out.append((name, None))
             elif "-" in depths:
                 lo, hi = (int(v) for v in depths.split("-"))
+                if lo > hi:
+                    raise ValueError
                 out += [(name, d) for d in range(lo, hi + 1)]
             else:
                 out.append((name, int(depths)))
