@@ -192,7 +192,7 @@ def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, s
 
 # ---- train-head / evaluate ---------------------------------------------------------------------------
 
-HEAD_NAMES = ("meanfc", "patch", "ste", "stemean", "tr")  # = sorted(heads.HEADS) (tested); no torch at --help
+HEAD_NAMES = ("attentive", "ep", "linear", "meanfc", "patch", "ste", "stemean", "tr", "vjepa2")  # = sorted(heads.HEADS) (tested); no torch at --help
 
 
 def _default_cache() -> str:
