@@ -33,9 +33,9 @@ from .probes import AttentiveHead, CrossAttentionBlock, EfficientProbe, EPHead, 
 
 __all__ = [
     "HEADS", "MAX_DEPTH", "PATCH_TARGET", "AttentiveHead", "CrossAttentionBlock", "EPHead", "EfficientProbe",
-    "LinearHead", "MeanFC", "MeanFCHead", "PatchClassifier", "PatchHead", "STEBlock", "STEHead", "STEMeanHead",
-    "TrBlock", "TrHead", "VJEPA2Head", "build_head", "default_patch", "describe", "describe_table",
-    "drop_path", "sincos_table", "valid_depths",
+    "LinearHead", "MeanFC", "MeanFCHead", "PatchClassifier", "PatchHead", "STEBlock", "STEHead",
+    "STEMeanHead", "TrBlock", "TrHead", "VJEPA2Head", "build_head", "default_patch", "describe",
+    "describe_table", "drop_path", "sincos_table", "valid_depths",
 ]  # fmt: skip
 
 HEADS: dict[str, type[_Head]] = {

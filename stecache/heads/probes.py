@@ -178,7 +178,8 @@ class EPHead(_Head):
     """`ep`: efficient probing → BatchNorm1d(affine=False, eps 1e-6) → Linear; options num_queries, d_out."""
 
     def __init__(self, feature_shape, num_classes: int, depth: int = 0, num_queries: int | None = None,
-                 d_out: int = 1, eps: float = 1e-6, init_std: float = 0.02, autocast: bool = True):  # fmt: skip
+                 d_out: int = 1, eps: float = 1e-6, init_std: float = 0.02,
+                 autocast: bool = True):  # fmt: skip
         super().__init__()
         self._setup(feature_shape, num_classes, depth, autocast)
         c = feature_shape[1]
