@@ -131,7 +131,8 @@ def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
 
 @cli.command()
 @click.argument("caches", nargs=-1, required=True)
-@click.option("--tables", help="Paper presets: I (meanFC/Tr d1/STE d1, every cache), II, III (first cache).")
+@click.option("--tables", help="Presets: I (meanFC/Tr d1/STE d1, every cache), I+ (I's heads beside the "
+              "probes linear/attentive/vjepa2/ep, every cache), II, III (first cache).")  # fmt: skip
 @click.option("--heads", help="Head specs for every cache, e.g. meanfc,tr:1,ste:0-4.")
 @click.option("--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Seeds (comma list).")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
@@ -145,7 +146,9 @@ def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
               help="Runs root: one folder per run + results.jsonl.")  # fmt: skip
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
               help="Also write the tables here [default: OUT/report].")  # fmt: skip
-def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, device, out, report_dir):
+@click.option("--keep-checkpoints", is_flag=True, help="Keep each finished run's resume checkpoint.")
+def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, device, out, report_dir,
+           keep_checkpoints):  # fmt: skip
     """Train a grid of heads (× seeds × settings) on CACHES in one pass per cache; select on val, test once.
 
     Resumable: finished runs (in OUT/results.jsonl) are skipped; an interrupted pass resumes its heads.
@@ -155,7 +158,7 @@ def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, devic
 
     base = {"epochs": epochs, "batch_size": batch_size}
     jobs = plan(list(caches), tables=tables, heads=heads, seeds=seeds, base=base, grid=grid)
-    run_sweep(jobs, out, memory=memory, device=device, echo=click.echo)
+    run_sweep(jobs, out, memory=memory, device=device, echo=click.echo, keep_checkpoints=keep_checkpoints)
     md = write_report(out / "results.jsonl", report_dir or out / "report")
     click.echo(f"results: {out / 'results.jsonl'}\nreport: {md}")
 
@@ -192,7 +195,8 @@ def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, s
 
 # ---- train-head / evaluate ---------------------------------------------------------------------------
 
-HEAD_NAMES = ("attentive", "ep", "linear", "meanfc", "patch", "ste", "stemean", "tr", "vjepa2")  # = sorted(heads.HEADS) (tested); no torch at --help
+# = sorted(heads.HEADS) (tested); no torch at --help
+HEAD_NAMES = ("attentive", "ep", "linear", "meanfc", "patch", "ste", "stemean", "tr", "vjepa2")
 
 
 def _default_cache() -> str:
@@ -215,7 +219,8 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 @cli.command("train-head")
 @click.option("--head", type=click.Choice(HEAD_NAMES), default="ste", show_default=True, help="Head type.")
 @click.option("--depth", type=int, default=None,
-              help="Blocks in the head [default: 1 for tr/ste/stemean, 0 for meanfc/patch].")  # fmt: skip
+              help="Blocks in the head [default: 1 for tr/ste/stemean/attentive, 4 for vjepa2, 0 for "
+              "meanfc/patch/linear/ep].")  # fmt: skip
 @click.option("--cache", "cache", help="Feature cache [default: the one `stecache extract` made last].")
 @click.option("--epochs", type=click.IntRange(1), default=30, show_default=True, help="Paper: 100.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the head's init and dropout.")
@@ -236,8 +241,12 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
               help="Runs root (holds results.jsonl).")  # fmt: skip
 @click.option("--resume/--no-resume", default=None,
               help="Resume the run's checkpoint [default: if its config matches] / start over.")  # fmt: skip
+@click.option("--device", help="torch device [default: cuda if available, else cpu].")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep the finished run's resume checkpoint [default: weights and logs only].")  # fmt: skip
 def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warmup_epochs, weight_decay,
-               no_balance, options, ram_limit, out, name, runs, resume):  # fmt: skip
+               no_balance, options, ram_limit, out, name, runs, resume, device,
+               keep_checkpoints):  # fmt: skip
     """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
     import logging
 
@@ -250,7 +259,13 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
                       data_seed=data_seed, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                       weight_decay=weight_decay, balanced=not no_balance, ram_limit=ram_limit)  # fmt: skip
     out = out or (runs / name if name else None)
-    metrics = train(cfg, cache or _default_cache(), out, runs_root=runs, resume=resume)
+    if cache is None:
+        cache = _default_cache()
+        click.echo(f"no --cache: using {cache} (the cache `stecache extract` made last)", err=True)
+    else:
+        click.echo(f"cache: {cache}", err=True)
+    metrics = train(cfg, cache, out, runs_root=runs, resume=resume, device=device,
+                    keep_checkpoints=keep_checkpoints)  # fmt: skip
     if metrics:  # rank 0 only
         split = "test" if "test" in metrics else "val"
         res = {"run": metrics["run_dir"], "split": split, "clips": metrics[f"{split}_clips"],
@@ -258,6 +273,8 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
         if f"{split}_tuned" in metrics:
             res["tuned"] = metrics[f"{split}_tuned"]
         click.echo(format_table(res))
+        if metrics.get("degenerate"):
+            click.echo(f"stecache: warning: degenerate run: {metrics['degenerate']}", err=True)
         click.echo(f"run folder: {metrics['run_dir']}")
 
 
@@ -266,12 +283,13 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
 @click.option("--split", default="test", show_default=True, help="Split of the cache to evaluate on.")
 @click.option("--cache", help="Another copy of the run's cache (must have the same fingerprint).")
 @click.option("--per-class", is_flag=True, help="Also print per-class precision/recall/F1 (multi-label).")
-def evaluate(run: Path, split: str, cache: str | None, per_class: bool):
+@click.option("--device", default="cpu", show_default=True, help="torch device.")
+def evaluate(run: Path, split: str, cache: str | None, per_class: bool, device: str):
     """Metrics of a trained run's best head on a split of its cache."""
     from .metrics import format_table
     from .train import evaluate as evaluate_run
 
-    result = evaluate_run(run, split=split, cache=cache)
+    result = evaluate_run(run, split=split, cache=cache, device=device)
     click.echo(format_table(result, result["class_names"] if per_class else None))
 
 

@@ -25,10 +25,12 @@ from . import metrics as M
 from . import train as T
 from .errors import SweepError
 
-# Table presets: head specs; Table I runs on every cache, II and III on the first cache only.
+# Table presets: head specs; Tables I and I+ run on every cache, II and III on the first cache only.
 # The patch_base_classifier row of Table II is `ste` at depth 0 (the same head; report.py maps it).
+# I+: today's frozen-encoder probes beside Table I's heads (the same protocol and seeds).
 TABLES = {
     "I": ("meanfc", "tr:1", "ste:1"),
+    "I+": ("meanfc", "tr:1", "ste:1", "linear", "attentive:1", "vjepa2", "ep"),
     "II": ("meanfc", "ste:0", "stemean:1", "ste:1"),
     "III": ("ste:0-4",),
 }
@@ -75,7 +77,7 @@ def plan(
     base: dict | None = None,
     grid: dict[str, list] | None = None,
 ) -> list[Job]:
-    """Jobs for table presets (I on every cache, II/III on the first) and/or head specs × seeds × grid."""
+    """Jobs for table presets (I, I+ on every cache, II/III on the first) and/or head specs × seeds × grid."""
     from .heads import valid_depths
 
     if not caches:
@@ -94,7 +96,7 @@ def plan(
         raise SweepError(f"--set {unknown}: not TrainConfig fields; known: {', '.join(sorted(fields))}")
     jobs: dict[tuple, Job] = {}
     for i, cache in enumerate(caches):
-        specs = [h for t in names if t == "I" or i == 0 for h in parse_heads(list(TABLES[t]))] + extra
+        specs = [h for t in names if t in ("I", "I+") or i == 0 for h in parse_heads(list(TABLES[t]))] + extra
         for (head, depth), seed, values in itertools.product(specs, seeds, itertools.product(*grid.values())):
             depth = valid_depths(head)[0] if depth is None else depth
             try:
@@ -219,7 +221,6 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
     targets = torch.from_numpy(train_split.targets(multi))
     weights = D.sample_weights(train_split.labels) if cfg.balanced else None
     steps = math.ceil(len(train_split) / cfg.batch_size)
-    key = M.main_metric(multi)
     for epoch in range(runs[0].start, cfg.epochs):
         t0, wait = time.perf_counter(), 0.0
         it = T.epoch_batches(train_split, cfg, epoch, weights)
@@ -244,11 +245,12 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
                      "val": M.summary(val), "seconds": seconds, "train_seconds": train_seconds,
                      "data_wait_seconds": wait / len(runs),
                      "heads_in_pass": len(runs)}  # fmt: skip
-            if val[key] > r.best:
-                r.best, r.best_epoch = val[key], epoch + 1
+            if M.selection_score(val, multi) > r.best:  # mAP (threshold-free) or Acc@1
+                r.best, r.best_epoch = M.selection_score(val, multi), epoch + 1
                 T._save(r.head.state_dict(), r.out / "best.safetensors")
             r.history.append(entry)
             T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history)
+            T.tensorboard_log(r.out, entry)
 
 
 # ---- the sweep -----------------------------------------------------------------------------------------
@@ -264,7 +266,7 @@ def finished_runs(out: Path) -> set[str]:
 
 def run_sweep(
     jobs: list[Job], out: str | Path, memory: int | str | None = None, device: str | None = None,
-    progress: bool = True, echo=print,
+    progress: bool = True, echo=print, keep_checkpoints: bool = False,
 ) -> list[dict]:  # fmt: skip
     """Train every job, grouped by cache, data key and memory; returns the metrics of the runs trained now."""
     from .cache import open_cache
@@ -280,7 +282,7 @@ def run_sweep(
         failed = failures[url]
         mine = [j.cfg for j in jobs if j.cache == url]
         todo = [c for c in mine if T.run_name(c, cache) not in done]
-        echo(f"{url}: {len(mine)} runs, {len(mine) - len(todo)} already in {out / 'results.jsonl'}")
+        echo(f"cache {url}: {len(mine)} runs, {len(mine) - len(todo)} already in {out / 'results.jsonl'}")
         if not todo:
             continue
         splits: dict[tuple, D.SplitData] = {}  # loaded once per cache, shared by all data keys
@@ -309,8 +311,11 @@ def run_sweep(
                 t0 = time.perf_counter()
                 train_group(runs, cache, train_split, val_split, device, progress)
                 for r in runs:
-                    results.append(T.finish(r.out, r.cfg, cache, val_split, r.best_epoch, r.history, device))
-                    echo(f"    {r.out.name}: val {_fmt(results[-1], 'val')} test {_fmt(results[-1], 'test')}")
+                    results.append(T.finish(r.out, r.cfg, cache, val_split, r.best_epoch, r.history, device,
+                                            keep_checkpoints))  # fmt: skip
+                    m = results[-1]
+                    flag = f"  DEGENERATE: {m['degenerate']}" if m.get("degenerate") else ""
+                    echo(f"    {r.out.name}: val {_fmt(m, 'val')} test {_fmt(m, 'test')}{flag}")
                 echo(f"    pass of {len(runs)} heads: {time.perf_counter() - t0:.1f} s")
     return results
 
@@ -333,4 +338,6 @@ def _resume_epoch(run_dir: Path) -> int:
 def _fmt(metrics: dict, split: str) -> str:
     m = metrics.get(split, {})
     key = metrics.get("main_metric", "acc1")
-    return f"{key} {100 * m[key]:.2f}" if key in m else "—"
+    text = f"{key} {100 * m[key]:.2f}" if m.get(key) is not None else "—"
+    tuned = metrics.get(f"{split}_tuned")
+    return text + (f" F1 {100 * tuned['macro_f1']:.2f}@{tuned['threshold']:.2f}" if tuned else "")

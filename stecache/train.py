@@ -190,10 +190,26 @@ def _save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+_SHORT = {"epochs": "ep", "batch_size": "bs", "weight_decay": "wd", "warmup_epochs": "wu", "data_seed": "ds"}
+
+
 def run_name(cfg: TrainConfig, cache) -> str:
-    """Default run folder name: head, depth, seed and a hash of the config and the cache."""
-    h = fingerprint({"config": cfg.to_dict(), "cache": cache.fingerprint})[:8]
-    return f"{cfg.head}-d{cfg.depth if cfg.depth is not None else 'x'}-s{cfg.seed}-{h}"
+    """Default run folder name: cache (backbone) name, head, depth, every setting that differs from the
+    defaults (a swept value shows), seed, and a short hash of config + cache, e.g.
+    `synth-videomaev2-tiny-ste-d1-ep20-lr0.01-s0-3fa9c1`."""
+    h = fingerprint({"config": cfg.to_dict(), "cache": cache.fingerprint})[:6]
+    base = Path(str(cache.url).rstrip("/")).name.removesuffix(".zarr")
+    prov = cache.attrs.get("backbone", {})
+    backbone = prov.get("name") if isinstance(prov, dict) else prov
+    if backbone and str(backbone) not in base:
+        base = f"{backbone}-{base}"
+    default, now = TrainConfig().to_dict(), cfg.to_dict()
+    skip = ("head", "depth", "seed", "head_options", "ram_limit")
+    parts = [f"{_SHORT.get(k, k)}{now[k]}" for k in now if k not in skip and now[k] != default[k]]
+    parts += [f"{k}{v}" for k, v in sorted(cfg.head_options.items())]
+    depth = f"d{cfg.depth if cfg.depth is not None else 'x'}"
+    name = "-".join([base, cfg.head, depth, *parts, f"s{cfg.seed}", h])
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
 def _check_classes(cache, train: D.SplitData) -> None:
@@ -216,18 +232,23 @@ def train(
     runs_root: str | Path = "runs",
     resume: bool | None = None,
     progress: bool = True,
+    device: str | None = None,
+    keep_checkpoints: bool = False,
 ) -> dict:
     """Train `cfg` on the cache at `cache_url` into `out_dir` (default runs_root/run_name); metrics dict.
 
     resume=None: resume when the folder holds a checkpoint of the same config and cache; True: must
-    resume; False: start over.
+    resume; False: start over. device: None = cuda (this rank's GPU) if available, else cpu. A finished
+    run keeps its weights and drops the resume checkpoint unless keep_checkpoints.
     """
     from tqdm import tqdm
 
     from .cache import open_cache
 
     rank, world = _dist()
-    device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else "cpu"
+    if device is None:
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else "cpu"
     cache = open_cache(cache_url)
     failed = D.check_complete(cache)
     head = make_head(cfg, cache).to(device)  # unknown head / bad depth / patch fail here
@@ -291,8 +312,8 @@ def train(
                 predict(head, val_split, multi, device=device), val_split.targets(multi), multi
             )
             entry |= {"val": M.summary(val)}
-            if val[key] > best:
-                best, best_epoch = val[key], epoch + 1
+            if M.selection_score(val, multi) > best:  # mAP (threshold-free) or Acc@1
+                best, best_epoch = M.selection_score(val, multi), epoch + 1
                 _save(head.state_dict(), out / "best.safetensors")
             entry |= {
                 "seconds": time.perf_counter() - t0,
@@ -301,11 +322,12 @@ def train(
             }
             history.append(entry)
             save_epoch(out, head, opt, torch.get_rng_state(), epoch, best, best_epoch, history)
+            tensorboard_log(out, entry)
             log.info("epoch %d: loss %.4f val %s %.4f", epoch + 1, entry["loss"], key, val[key])
     if rank != 0:
         torch.distributed.barrier()
         return {}
-    metrics = finish(out, cfg, cache, val_split, best_epoch, history, device)
+    metrics = finish(out, cfg, cache, val_split, best_epoch, history, device, keep_checkpoints)
     if world > 1:
         torch.distributed.barrier()
     return metrics
@@ -353,8 +375,12 @@ def _resume_state(out: Path, identity: dict, resume: bool | None) -> dict | None
     return torch.load(ckpt, weights_only=False, map_location="cpu")
 
 
-def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, history: list, device) -> dict:
-    """Evaluate the best weights on val and (once) on test; write metrics.json, the plot, results.jsonl."""
+def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, history: list, device,
+           keep_checkpoints: bool = False) -> dict:  # fmt: skip
+    """Evaluate the best weights on val and (once) on test; write metrics.json, the plot, results.jsonl.
+
+    Flags a degenerate run (no label predicted, or one answer for every clip) in metrics and the record;
+    then drops the resume checkpoint (`drop_resume_state`) unless keep_checkpoints."""
     multi = bool(cache.multi_label)
     head = make_head(cfg, cache).to(device)
     head.load_state_dict(load_file(str(out / "best.safetensors")))
@@ -378,6 +404,10 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         metrics["test"] = M.evaluate_probs(test_probs, test_split.targets(multi), multi)
         if multi and cfg.tune_threshold:
             metrics["test_tuned"] = M.evaluate_probs(test_probs, test_split.targets(multi), multi, threshold)
+    probs = test_probs if test_split is not None else val_probs
+    metrics["degenerate"] = M.degenerate(probs, multi, threshold)
+    if metrics["degenerate"]:
+        log.warning("run %s is degenerate: %s", out.name, metrics["degenerate"])
     _save(json.dumps(_finite(metrics), indent=2) + "\n", out / "metrics.json")
     M.plot_metrics(
         metrics.get("test", val),
@@ -398,11 +428,50 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
     }  # fmt: skip
     if "test_tuned" in metrics:
         record["test_tuned"] = M.summary(metrics["test_tuned"])
+        record["val_tuned"] = M.summary(metrics["val_tuned"])
+    record["degenerate"] = metrics["degenerate"]
     results = out.parent / "results.jsonl"
     if not _recorded(results, record):  # re-running a finished run adds no second line
         with open(results, "a") as f:
             f.write(json.dumps(_finite(record), default=str) + "\n")
+    tensorboard_close(out)
+    if not keep_checkpoints:
+        drop_resume_state(out)
     return metrics | {"run_dir": str(out)}
+
+
+def drop_resume_state(out: Path) -> None:
+    """Remove a finished run's resume checkpoint (optimizer state, RNG, history); weights and logs stay."""
+    for name in ("last.pt", "last.pt.tmp"):
+        (out / name).unlink(missing_ok=True)
+
+
+_TB: dict[str, object] = {}  # run folder -> open SummaryWriter
+
+
+def tensorboard_log(out: Path, entry: dict) -> None:
+    """Per-epoch scalars (loss, lr, val metrics, seconds) as TensorBoard events in the run folder, when the
+    optional `tensorboard` extra is installed (`pip install stecache[tensorboard]`); else nothing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch's writer needs the tensorboard package
+        return
+    writer = _TB.get(str(out)) or _TB.setdefault(str(out), SummaryWriter(str(out)))
+    step = entry["epoch"]
+    for key, value in entry.items():
+        if key == "val":
+            for name, v in value.items():
+                if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
+                    writer.add_scalar(f"val/{name}", v, step)
+        elif key != "epoch" and isinstance(value, (int, float)):
+            writer.add_scalar(f"train/{key}", value, step)
+    writer.flush()
+
+
+def tensorboard_close(out: Path) -> None:
+    writer = _TB.pop(str(out), None)
+    if writer is not None:
+        writer.close()
 
 
 def _recorded(results: Path, record: dict) -> bool:
@@ -454,7 +523,7 @@ def load_head(run: str | Path, rec: dict | None = None, device: str | torch.devi
     return head.requires_grad_(False).eval().to(device)
 
 
-def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None) -> dict:
+def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None, device="cpu") -> dict:
     """Metrics of run `run_dir`'s best head on `split` of its cache (or of `cache`, same fingerprint)."""
     from .cache import attrs_diff, open_cache
     from .errors import CacheMismatch
@@ -470,10 +539,10 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
             f"cache {c.url} (fingerprint {c.fingerprint}) is not the one run {run_dir} was trained on "
             f"({rec['cache']['fingerprint']}); differing attributes: {', '.join(diff) or 'unknown'}"
         )
-    head = load_head(run_dir, rec)
+    head = load_head(run_dir, rec, device)
     multi = bool(c.multi_label)
     data = D.load_split(c, split, views=cfg.test_views, limit=cfg.ram_limit)
-    probs = predict(head, data, multi)
+    probs = predict(head, data, multi, device=device)
     out = {"run": str(run_dir), "split": split, "clips": len(data), "class_names": c.class_names,
            "metrics": M.evaluate_probs(probs, data.targets(multi), multi)}  # fmt: skip
     saved = run_dir / "metrics.json"

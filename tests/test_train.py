@@ -64,9 +64,10 @@ def test_every_head_beats_chance(toy, tmp_path, head):
     assert m["val"]["acc1"] >= 0.7, m["val"]
     assert m["test"]["acc1"] >= 0.7, m["test"]
     run = Path(m["run_dir"])
-    files = ("config.json", "log.jsonl", "metrics.json", "best.safetensors", "last.safetensors", "last.pt")
+    files = ("config.json", "log.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
     for name in (*files, "confusion.png"):
         assert (run / name).exists(), name
+    assert not (run / "last.pt").exists()  # a finished run drops its resume checkpoint
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, 7))
     assert {"loss", "lr", "val", "seconds", "data_wait_seconds"} <= set(log[0])
@@ -153,7 +154,8 @@ def test_errors(toy, tmp_path):
 
 def test_folder_of_another_run_and_cache_mismatch(toy, tmp_path):
     out = tmp_path / "run"
-    T.train(T.TrainConfig(head="patch", depth=0, epochs=1), toy, out, progress=False)
+    T.train(T.TrainConfig(head="patch", depth=0, epochs=1), toy, out, progress=False, keep_checkpoints=True)
+    assert (out / "last.pt").exists()
     with pytest.raises(TrainError, match=r"holds another run \(config keys \['epochs'\] differ\)"):
         T.train(T.TrainConfig(head="patch", depth=0, epochs=2), toy, out, progress=False)
     with pytest.raises(TrainError, match="no run to resume"):
@@ -237,7 +239,8 @@ def test_cli_train_and_evaluate(toy, tmp_path):
     r = runner.invoke(
         cli, ["train-head", "--head", "tr", "--depth", "0", "--cache", toy, "--runs", str(tmp_path)]
     )
-    assert r.exit_code == 1 and r.output.count("\n") == 1 and "depth" in r.output
+    assert r.exit_code == 1 and r.output.count("\n") == 2 and "depth" in r.output
+    assert r.output.startswith(f"cache: {toy}\n")  # train-head says which cache it uses (stderr)
     r = runner.invoke(cli, ["train-head", "--head", "bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
 

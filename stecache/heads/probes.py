@@ -145,13 +145,16 @@ class AttentiveHead(_Head):
 
 
 class VJEPA2Head(AttentiveHead):
-    """`vjepa2`: V-JEPA 2's probe config — `attentive` at depth 4 with 16 heads (one query)."""
+    """`vjepa2`: V-JEPA 2's probe config — `attentive` at depth 4 with 16 heads (one query); on a cache
+    whose c is not a multiple of 16, the largest divisor of c ≤ 16 heads."""
 
     depths = range(4, 5)
 
     def __init__(
-        self, feature_shape, num_classes: int, depth: int = 4, num_heads: int | None = 16, **options
+        self, feature_shape, num_classes: int, depth: int = 4, num_heads: int | None = None, **options
     ):
+        c = feature_shape[1]
+        num_heads = num_heads or max(d for d in range(1, 17) if c % d == 0)
         super().__init__(feature_shape, num_classes, depth, num_heads=num_heads, **options)
 
 
