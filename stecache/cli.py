@@ -159,8 +159,16 @@ def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, devic
     base = {"epochs": epochs, "batch_size": batch_size}
     jobs = plan(list(caches), tables=tables, heads=heads, seeds=seeds, base=base, grid=grid)
     run_sweep(jobs, out, memory=memory, device=device, echo=click.echo, keep_checkpoints=keep_checkpoints)
-    md = write_report(out / "results.jsonl", report_dir or out / "report")
-    click.echo(f"results: {out / 'results.jsonl'}\nreport: {md}")
+    md = write_report(out / "results.jsonl", report_dir or out / "report", html=True)
+    _warn_degenerate(out / "results.jsonl")
+    click.echo(f"results: {out / 'results.jsonl'}\nreport: {md} (and {md.with_name('report.html')})")
+
+
+def _warn_degenerate(results: Path) -> None:
+    from .report import degenerate_runs, load_results
+
+    for line in degenerate_runs(load_results(results)):
+        click.echo(f"stecache: warning: degenerate run {line}", err=True)
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -177,8 +185,13 @@ def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, devic
 @click.option("--split", default="val", show_default=True, help="Split averaged over (with --correlation).")
 @click.option("--max-clips", default=256, show_default=True, type=click.IntRange(1),
               help="Clips averaged over (with --correlation).")  # fmt: skip
-def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, split: str, max_clips: int):
-    """Tables I–III (markdown, CSV, PNG) from RESULTS (a results.jsonl), or Fig. 1 maps (--correlation)."""
+@click.option("--html", "as_html", is_flag=True,
+              help="Also write OUT/report.html: one self-contained file with every table, figure, "
+              "per-class metric, confusion matrix and run configuration.")  # fmt: skip
+def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, split: str, max_clips: int,
+           as_html: bool):  # fmt: skip
+    """Tables of RESULTS (a results.jsonl): Tables I, I+, II, III where their runs exist and a table of every
+    configuration (any grid); markdown, CSV, 300 dpi PNG + PDF. Or Fig. 1 maps (--correlation)."""
     from .report import correlation_maps, write_report
 
     if corr is not None:
@@ -188,9 +201,10 @@ def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, s
         raise click.UsageError("give RESULTS (e.g. runs/ablation/results.jsonl) or --correlation RUN")
     if results.is_dir():  # a runs folder: its results.jsonl
         results = results / "results.jsonl"
-    md = write_report(results, out, plots=not no_plots)
+    md = write_report(results, out, plots=not no_plots, html=as_html)
     click.echo(md.read_text())
-    click.echo(f"report: {md}")
+    _warn_degenerate(results)
+    click.echo(f"report: {md}" + (f" and {md.with_name('report.html')}" if as_html else ""))
 
 
 # ---- train-head / evaluate ---------------------------------------------------------------------------
