@@ -36,7 +36,7 @@ __all__ = [
 
 
 def _slug(title: str) -> str:
-    head = title.split(":")[0] if title.startswith("Table") else title
+    head = (title.split(":")[0] if title.startswith("Table") else title).replace("+", " plus")
     return "".join(ch if ch.isalnum() else "_" for ch in head.lower()).strip("_").replace("__", "_")
 
 

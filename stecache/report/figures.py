@@ -63,7 +63,8 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
         stub = max(top, 1.0) * 0.006  # a zero bar stays visible as a thin stub
         colors = [PALETTE[i % len(PALETTE)] for i in range(len(t.rows))]
         ax.bar(x, np.where(np.isfinite(mean), np.maximum(mean, stub), 0), 0.7, color=colors,
-               yerr=std, capsize=2.5, error_kw={"elinewidth": 0.8, "ecolor": "#333333"})  # fmt: skip
+               yerr=std, capsize=2.5, error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
+               edgecolor="#333333", linewidth=0.4)  # fmt: skip
         for xi, m, s, c in zip(x, mean, std, cells, strict=True):
             if c is None:
                 ax.text(xi, 0, "n/a", ha="center", va="bottom", fontsize=6, color="#666666")
@@ -89,11 +90,15 @@ def plot_depth(t: Table, path: Path) -> list[Path]:
     plt = _plt()
     depths = [int(r.split()[-1]) for r in t.rows]
     cols = [j for j in range(len(t.cols)) if any(row[j] is not None for row in t.cells)]
-    fig, axes = plt.subplots(1, len(cols), figsize=(2.6 * len(cols), 2.5), squeeze=False)
-    for k, (ax, j) in enumerate(zip(axes[0], cols, strict=True)):
+    ncols = min(3, len(cols))
+    nrows = -(-len(cols) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols, 2.4 * nrows), squeeze=False)
+    for ax in list(axes.flat)[len(cols):]:
+        ax.axis("off")
+    for ax, j in zip(axes.flat, cols, strict=False):
         pts = [(d, r[j]) for d, r in zip(depths, t.cells, strict=True) if r[j] is not None]
         ax.errorbar([d for d, _ in pts], [100 * c.mean for _, c in pts], [100 * c.std for _, c in pts],
-                    marker="o", ms=3.5, capsize=2.5, color=PALETTE[k % len(PALETTE)], lw=1.2)  # fmt: skip
+                    marker="o", ms=3.5, capsize=2.5, color=PALETTE[0], lw=1.2)  # fmt: skip
         ax.set_xlabel("STE_head depth")
         ax.set_ylabel(f"{t.cols[j]} (%)")
         ax.set_xticks(depths)
