@@ -4,7 +4,8 @@ Every head maps features [B, n, c, h, w] to logits [B, K] and is built from the 
 `build_head("ste", feature_shape=(8, 768, 14, 14), num_classes=26, depth=1)`. The math is eq. 1–4 of the
 paper (STEb, patch_base_classifier); where the paper is silent the transformer-standard choice is taken
 and exposed as a named option. STE blocks run a fused form by default (the temporal convs merged into one
-kernel with the identity terms folded in, channels-last layout); `fused=False, channels_last=False` is
+kernel with the identity terms folded in; channels-last layout on CUDA only — on CPU the merged kernel
+without it measured faster, 1.30× vs 1.16× over the literal form); `fused=False, channels_last=False` is
 the literal formulation, and tests prove the two equal. On CUDA, heads run under bf16 autocast.
 """
 
@@ -227,7 +228,9 @@ class STEHead(_Head):
     Options: `patch` (default: `default_patch(grid)`, (2, 7, 7) at 8×14×14 — 16 patches of 4 frames × a
     quadrant, local yet person-sized; smaller grids take the largest divisor ≤ (2, 7, 7) per axis), STEBlock
     options (`ti_kernels`, `se_kernel`, `mlp_ratio`, `mlp_norm`, `drop`, `drop_path`, `eps`, `fused`,
-    `fold_identity`), `channels_last` (run blocks in channels_last_3d), `init_std` (trunc_normal std);
+    `fold_identity`), `channels_last` (run blocks in channels_last_3d; default None = the layout measured
+    fastest on the input's device: contiguous on CPU (BENCHMARKS.md, Heads), channels-last on CUDA),
+    `init_std` (trunc_normal std);
     `dropout` is meanFC's and used by `stemean` only.
     """
 
@@ -237,7 +240,7 @@ class STEHead(_Head):
     def __init__(self, feature_shape, num_classes: int, depth: int = 1, patch=None, dropout: float = 0.5,
                  ti_kernels=(3, 5, 7), se_kernel: int = 3, mlp_ratio: float = 4.0, mlp_norm: bool = True,
                  drop: float = 0.0, drop_path: float = 0.0, eps: float = 1e-6, fused: bool = True,
-                 fold_identity: bool = True, channels_last: bool = True, init_std: float = 0.02,
+                 fold_identity: bool = True, channels_last: bool | None = None, init_std: float = 0.02,
                  autocast: bool = True):  # fmt: skip
         super().__init__()
         self._setup(feature_shape, num_classes, depth, autocast)
@@ -265,7 +268,8 @@ class STEHead(_Head):
     def features(self, x: torch.Tensor) -> torch.Tensor:  # [B, n, c, h, w] -> [B, c, n, h, w]
         x = x.transpose(1, 2)
         if self.blocks:
-            fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+            cl = x.is_cuda if self.channels_last is None else self.channels_last
+            fmt = torch.channels_last_3d if cl else torch.contiguous_format
             x = x.contiguous(memory_format=fmt)
         for block in self.blocks:
             x = block(x)
