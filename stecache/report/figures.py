@@ -93,7 +93,7 @@ def plot_depth(t: Table, path: Path) -> list[Path]:
     ncols = min(3, len(cols))
     nrows = -(-len(cols) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.7 * ncols, 2.4 * nrows), squeeze=False)
-    for ax in list(axes.flat)[len(cols):]:
+    for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
     for ax, j in zip(axes.flat, cols, strict=False):
         pts = [(d, r[j]) for d, r in zip(depths, t.cells, strict=True) if r[j] is not None]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 
 from .tables import Table
@@ -89,6 +90,11 @@ def run_html(rec: dict) -> str:
     return "".join(parts)
 
 
+def _code(text: str) -> str:
+    """Escaped text with `x` as <code>x</code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _esc(text))
+
+
 def _fmt(v, key: str) -> str:
     if v is None:
         return "—"
@@ -99,7 +105,7 @@ def write_html(path: Path, title: str, intro: str, sections: list[tuple[Table, l
                results: list[dict], extra_images: list[Path] = ()) -> Path:  # fmt: skip
     """The report as one HTML file: intro, tables with their figures, Fig. 1 maps, then every run."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title>",
-             f"<style>{CSS}</style></head><body><h1>{_esc(title)}</h1><p>{_esc(intro)}</p>"]  # fmt: skip
+             f"<style>{CSS}</style></head><body><h1>{_esc(title)}</h1><p>{_code(intro)}</p>"]  # fmt: skip
     for t, pngs in sections:
         parts.append(table_html(t))
         parts += [image_html(p, t.title) for p in pngs if p.suffix == ".png" and p.exists()]
