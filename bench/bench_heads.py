@@ -3,8 +3,9 @@
 Base = the ViT-B cache (c=768, 8×14×14, K=26); tiny = the `-tiny` backbones' cache (c=64, 4×4×4).
 Also the STE speed tricks one by one (plain → merged temporal taps → + identity folded into the kernel →
 + channels_last_3d; the default `ste` takes the layout measured fastest on its device), interleaved in
-the same rounds, with per-round speed-ups over plain. GFLOP/clip are counted with FlopCounterMode on the meta device; "% mm" is achieved GFLOP/s over
-the fp32 matmul canary of the same rounds. fwd+bwd = forward + cross-entropy + backward (no optimiser).
+the same rounds, with per-round speed-ups over plain. GFLOP/clip are counted with FlopCounterMode on the
+meta device; "% mm" is achieved GFLOP/s over the fp32 matmul canary of the same rounds. fwd+bwd =
+forward + cross-entropy + backward (no optimiser).
 Run: `python -m bench heads` (~1 min on 2 idle cores; several times that on a shared machine).
 `python -m bench probes` times only the probe heads of Table I+ beside Tr d1 and STE d1 (fwd+bwd, base shape).
 """
