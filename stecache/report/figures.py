@@ -178,7 +178,8 @@ def correlation_maps(target: str | Path, out: str | Path, split: str = "val", ma
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"correlation_{name}_{split}.png"
     plt = _plt()
-    fig, axes = plt.subplots(1, len(maps), figsize=(3.4 * len(maps) + 0.6, 3.3), squeeze=False)
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.4 * len(maps) + 0.8, 3.6), squeeze=False,
+                             layout="constrained")  # fmt: skip
     P = n * h * w
     for ax, (title, corr) in zip(axes[0], maps.items(), strict=True):
         im = ax.imshow(corr, cmap=CORR_CMAP, vmin=-1, vmax=1, interpolation="nearest")
@@ -188,8 +189,8 @@ def correlation_maps(target: str | Path, out: str | Path, split: str = "val", ma
         ticks = [f * h * w + (h * w - 1) / 2 for f in range(n)]
         ax.set_xticks(ticks, [str(f) for f in range(n)], fontsize=6)
         ax.set_yticks(ticks, [str(f) for f in range(n)], fontsize=6)
-        ax.set_xlabel(f"position, grouped by frame (n = {n}, {h}×{w} each)")
-        ax.set_ylabel("frame")
+        ax.set_xlabel(f"position by frame (n = {n} frames of {h}×{w})")
+        ax.set_ylabel("position by frame")
         ax.set_title(f"{title}\nmean off-diagonal r = {sums[title]:.3f}", fontsize=8)
         ax.set_xlim(-0.5, P - 0.5)
         ax.set_ylim(P - 0.5, -0.5)
