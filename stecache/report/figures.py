@@ -72,9 +72,10 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
             mark = " †" if c.degenerate else ""
             ax.text(xi, m + s + top * 0.02, f"{m:.1f}{mark}", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(x, t.rows, rotation=35, ha="right", fontsize=7)
-        ax.set_ylabel(f"{t.cols[j]} (%)")
+        name, _, metric = t.cols[j].rstrip(")").partition(" (")  # "synth (F1)": panel synth, axis F1
+        ax.set_ylabel(f"{metric or name} (%)")
         ax.set_ylim(0, max(top * 1.18, 1.0))
-        ax.set_title(t.cols[j], fontsize=8)
+        ax.set_title(name, fontsize=8)
     for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
     deg = " † = degenerate run(s)." if t.degenerate() else ""
