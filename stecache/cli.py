@@ -84,7 +84,7 @@ def _shape(ctx, param, value: str) -> tuple[int, int, int, int]:
 @click.option("--shape", default="8,768,14,14", show_default=True, callback=_shape, help="Features n,c,h,w.")
 @click.option("--classes", default=26, show_default=True, type=click.IntRange(1), help="Number of classes K.")
 def heads(describe: bool, shape: tuple, classes: int):
-    """List the classifier heads (meanfc, tr, ste, stemean, patch); --describe sizes them for a shape."""
+    """List the classifier heads (the paper's and the probes); --describe sizes them for a shape."""
     from .heads import HEADS, describe_table, valid_depths
 
     if describe:
@@ -93,7 +93,7 @@ def heads(describe: bool, shape: tuple, classes: int):
     for name, cls in HEADS.items():
         d = valid_depths(name)
         doc = cls.__doc__.splitlines()[0].split(": ", 1)[-1]
-        click.echo(f"{name:8s} depth {f'{d.start}..{d.stop - 1}':6s} {doc}")
+        click.echo(f"{name:9s} depth {f'{d.start}..{d.stop - 1}':6s} {doc}")
 
 
 # ---- ablate ------------------------------------------------------------------------------------------

@@ -145,8 +145,9 @@ class AttentiveHead(_Head):
 
 
 class VJEPA2Head(AttentiveHead):
-    """`vjepa2`: V-JEPA 2's probe config — `attentive` at depth 4 with 16 heads (one query); on a cache
-    whose c is not a multiple of 16, the largest divisor of c ≤ 16 heads."""
+    """`vjepa2`: V-JEPA 2's probe config: `attentive` at depth 4 with 16 heads and one query.
+
+    On a cache whose c is not a multiple of 16: the largest divisor of c ≤ 16 heads."""
 
     depths = range(4, 5)
 
