@@ -50,10 +50,11 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
     """One panel per column (one metric per axis): a bar per row, ± sample std, values written on bars."""
     plt = _plt()
     cols = [j for j in range(len(t.cols)) if any(row[j] is not None for row in t.cells)]
-    ncols = min(3, len(cols))
+    ncols = 1 if len(t.rows) > 8 else min(3, len(cols))  # many bars: one panel per line
     nrows = -(-len(cols) // ncols)
     width = max(2.6, 0.42 * len(t.rows) + 0.8)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 2.9 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.1 * nrows), squeeze=False)
+    kinds = list(dict.fromkeys(r.split(" + ")[-1] for r in t.rows))  # a head: one colour on every backbone
     x = np.arange(len(t.rows))
     for ax, j in zip(axes.flat, cols, strict=False):
         cells = [row[j] for row in t.cells]
@@ -61,7 +62,7 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
         std = np.array([100 * c.std if c and c.n > 1 else 0.0 for c in cells])
         top = np.nanmax(mean + std) if np.isfinite(mean).any() else 1.0
         stub = max(top, 1.0) * 0.006  # a zero bar stays visible as a thin stub
-        colors = [PALETTE[i % len(PALETTE)] for i in range(len(t.rows))]
+        colors = [PALETTE[kinds.index(r.split(" + ")[-1]) % len(PALETTE)] for r in t.rows]
         ax.bar(x, np.where(np.isfinite(mean), np.maximum(mean, stub), 0), 0.7, color=colors,
                yerr=std, capsize=2.5, error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
                edgecolor="#333333", linewidth=0.4)  # fmt: skip
