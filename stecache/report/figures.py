@@ -198,7 +198,9 @@ def correlation_maps(target: str | Path, out: str | Path, split: str = "val", ma
         ax.set_ylim(P - 0.5, -0.5)
     cbar = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85)
     cbar.set_label("Pearson r")
-    fig.suptitle(f"{name}: correlation between positions ({len(rows)} {split} clips)", fontsize=8)
+    fig.suptitle(f"{name}\nPearson correlation between positions, mean over {len(rows)} {split} clips",
+                 fontsize=8)  # fmt: skip
+    fig.get_layout_engine().set(h_pad=0.08)
     save(fig, png)
     plt.close(fig)
     lines = [f"{k:<28} mean off-diagonal correlation {v:.4f}" for k, v in sums.items()]
