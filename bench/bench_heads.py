@@ -131,7 +131,7 @@ PROBES = (("meanfc", "meanfc", 0), ("linear", "linear", 0), ("ep", "ep", 0), ("a
           ("vjepa2 (d4, 16 heads)", "vjepa2", 4), ("tr d1", "tr", 1), ("ste d1", "ste", 1))  # fmt: skip
 
 
-def probes(batch: int = 2, rounds: int = 3, device: str = "cpu") -> None:
+def probes(batch: int = 1, rounds: int = 3, device: str = "cpu") -> None:
     """fwd+bwd (training step without the optimiser) per clip of each probe head at the base cache shape,
     beside Tr d1 and STE d1; GFLOP/s over the matmul canary; writes the `Probe heads` section."""
     (shape, K), dev = SHAPES["base"], torch.device(device)

@@ -4,8 +4,9 @@
 #   CACHE="a.zarr b.zarr" sh pipelines/ablation_synth.sh   # the same protocol on your own cache(s)
 # Runs go to runs/ablation-NAME and the report to reports/ablation-NAME, NAME = "synth" or the caches' names
 # joined by "+" (so your caches never mix with the synthetic run); RUNS=/REPORT= override.
-# Budget: < 15 min on 2 CPU cores. Measured from scratch (no install): 9.5 min wall on a shared machine
-# (load ~7 on 2 cores; 3.9 min of CPU): synth + 4 extractions ~1.5 min, 51 runs in 15 passes, report.
+# Budget: < 15 min on 2 CPU cores. Measured from scratch with Table I+ (99 runs in 12 passes): 7.7 min of
+# CPU (431 s user + 30 s sys), 24.3 min wall on a 2-core machine at load 10–16 (other jobs); before I+:
+# 51 runs, 3.9 min of CPU, 9.5 min wall at load ~7.
 # One intra-op thread: the tiny heads' ops are too small to split, and on a busy machine two threads
 # made a step 10x slower (measured); set OMP_NUM_THREADS to override.
 # Table I: meanFC / Tr_head d1 / STE_head d1 on every cache; Table I+: those beside the probes linear,
