@@ -276,6 +276,9 @@ def test_cli_ablate_and_report(cache_url, tmp_path):
     ]
     res = CliRunner().invoke(cli, args + ["--set", "lr=0.01,0.02"])
     assert res.exit_code == 0, res.output
+    assert f"cache {cache_url}: 12 runs" in res.output  # ablate says which cache it uses
+    page = (out / "report" / "report.html").read_text()  # per-class metrics and confusion from the runs
+    assert page.count("test confusion matrix") == 12 and "<th>acc</th>" in page and "&quot;lr&quot;" in page
     assert "12 runs, 0 already" in res.output and "in 1 pass(es)" in res.output
     assert len((out / "results.jsonl").read_text().splitlines()) == 12
     res = CliRunner().invoke(cli, ["report", str(out / "results.jsonl"), "--out", str(tmp_path / "rep")])

@@ -222,7 +222,7 @@ def test_resume_after_sigkill_is_identical(toy, tmp_path):
     assert [(e["loss"], e["val"]) for e in _log(tmp_path / "killed")] == losses
 
 
-def test_cli_train_and_evaluate(toy, tmp_path):
+def test_cli_train_and_evaluate(toy, tmp_path, monkeypatch):
     from stecache.cli import HEAD_NAMES, cli
     from stecache.heads import HEADS
 
@@ -233,7 +233,7 @@ def test_cli_train_and_evaluate(toy, tmp_path):
     r = runner.invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "acc1" in r.output and "run folder" in r.output
-    r = runner.invoke(cli, ["evaluate", str(tmp_path / "cli"), "--split", "val"])
+    r = runner.invoke(cli, ["evaluate", str(tmp_path / "cli"), "--split", "val", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "split val (40 clips)" in r.output and "mean_class_acc" in r.output
     r = runner.invoke(
@@ -241,6 +241,12 @@ def test_cli_train_and_evaluate(toy, tmp_path):
     )
     assert r.exit_code == 1 and r.output.count("\n") == 2 and "depth" in r.output
     assert r.output.startswith(f"cache: {toy}\n")  # train-head says which cache it uses (stderr)
+    import stecache.extract
+
+    monkeypatch.setattr(stecache.extract, "last_cache", lambda: toy)  # no --cache: says which it picked
+    args = ["train-head", "--head", "meanfc", "--epochs", "1", "--runs", str(tmp_path), "--device", "cpu"]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0 and f"no --cache: using {toy} (the cache `stecache extract` made last)" in r.output
     r = runner.invoke(cli, ["train-head", "--head", "bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
 
