@@ -246,7 +246,8 @@ def test_cli_train_and_evaluate(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(stecache.extract, "last_cache", lambda: toy)  # no --cache: says which it picked
     args = ["train-head", "--head", "meanfc", "--epochs", "1", "--runs", str(tmp_path), "--device", "cpu"]
     r = runner.invoke(cli, args)
-    assert r.exit_code == 0 and f"no --cache: using {toy} (the cache `stecache extract` made last)" in r.output
+    assert r.exit_code == 0, r.output
+    assert f"no --cache: using {toy} (the cache `stecache extract` made last)" in r.output
     r = runner.invoke(cli, ["train-head", "--head", "bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
 
