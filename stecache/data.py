@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -254,9 +255,11 @@ def read_ahead(read_seconds: float, step_seconds: float, item_bytes: int, lo: in
                max_bytes: int = READ_AHEAD_BYTES) -> int:  # fmt: skip
     """Batches to hold ahead so a read of `read_seconds` (the slowest item, e.g. a streamed buffer of
     shards) hides behind the steps of the queued batches: ceil(read / step) + 1, at least `lo`, at most
-    what fits in `max_bytes`."""
-    need = lo if step_seconds <= 0 else max(lo, int(np.ceil(read_seconds / step_seconds)) + 1)
-    return int(max(lo, min(need, max_bytes // max(1, item_bytes))))
+    what fits in `max_bytes`; before any step is measured (an iterator made ahead of its epoch), as many
+    as fit."""
+    cap = max_bytes // max(1, item_bytes)
+    need = cap if step_seconds <= 0 else max(lo, int(np.ceil(read_seconds / step_seconds)) + 1)
+    return int(max(lo, min(need, cap)))
 
 
 def prefetch(it: Iterator, depth: int | None = None) -> Iterator:
@@ -264,7 +267,8 @@ def prefetch(it: Iterator, depth: int | None = None) -> Iterator:
 
     depth None (default): read-ahead sized while running from the measured step time (consumer time
     between batches) and read time (the slowest item of the producer: a streamed buffer of shards), see
-    `read_ahead`; an int fixes it. The items and their order are exactly `it`'s.
+    `read_ahead`; an int fixes it. The items and their order are exactly `it`'s. Reading starts at the
+    call, so an iterator made before it is needed (the next epoch's, during validation) is ready in time.
     """
     items: list = []
     cond = threading.Condition()
@@ -290,6 +294,7 @@ def prefetch(it: Iterator, depth: int | None = None) -> Iterator:
                 if depth is None:
                     stats["read"] = max(stats["read"], read)
                     stats["bytes"] = max(stats["bytes"], _nbytes(item))
+                    stats["limit"] = read_ahead(stats["read"], stats["step"], stats["bytes"])
                 if not put(item):
                     return
                 t = time.perf_counter()
@@ -298,6 +303,13 @@ def prefetch(it: Iterator, depth: int | None = None) -> Iterator:
             put(e)
 
     threading.Thread(target=work, daemon=True).start()
+    gen = _drain(items, cond, stop, end, stats, depth)
+    weakref.finalize(gen, stop.set)  # an iterator dropped unread stops its thread
+    return gen
+
+
+def _drain(items: list, cond, stop, end, stats: dict, depth: int | None) -> Iterator:
+    """The consumer side of `prefetch`: hand out items in order, measure the step time between them."""
     try:
         while True:
             with cond:

@@ -221,9 +221,10 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
     targets = torch.from_numpy(train_split.targets(multi))
     weights = D.sample_weights(train_split.labels) if cfg.balanced else None
     steps = math.ceil(len(train_split) / cfg.batch_size)
+    ahead = None  # the next epoch's batches, read during this epoch's validation
     for epoch in range(runs[0].start, cfg.epochs):
         t0, wait = time.perf_counter(), 0.0
-        it = T.epoch_batches(train_split, cfg, epoch, weights)
+        it = ahead or T.epoch_batches(train_split, cfg, epoch, weights)
         for r in runs:
             r.head.train()
             r.loss_sum.zero_()
@@ -236,6 +237,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
             for r in runs:
                 r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi)
         train_seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
+        ahead = T.epoch_batches(train_split, cfg, epoch + 1, weights) if epoch + 1 < cfg.epochs else None
         probs = T.predict_many([r.head for r in runs], val_split, multi, device=device)
         seconds = (time.perf_counter() - t0) / len(runs)
         for r, p in zip(runs, probs, strict=True):

@@ -279,9 +279,10 @@ def train(
     model = torch.nn.parallel.DistributedDataParallel(head) if world > 1 else head
     key = M.main_metric(multi)
 
+    ahead = None  # the next epoch's batches, read during this epoch's validation
     for epoch in range(start, cfg.epochs):
         t0, wait, loss_sum = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)
-        it = epoch_batches(train_split, cfg, epoch, weights)
+        it = ahead or epoch_batches(train_split, cfg, epoch, weights)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress and rank == 0 else True)  # fmt: skip
         head.train()
@@ -304,6 +305,7 @@ def train(
             bar.set_postfix(loss=f"{loss.item() / max(1, len(pos[mine])):.4f}")
         bar.close()
         train_seconds = time.perf_counter() - t0
+        ahead = epoch_batches(train_split, cfg, epoch + 1, weights) if epoch + 1 < cfg.epochs else None
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
         entry = {"epoch": epoch + 1, "loss": float(loss_sum[0] / loss_sum[1]), "lr": lr}
