@@ -22,6 +22,7 @@ import torch
 
 from . import data as D
 from . import metrics as M
+from . import tb
 from . import train as T
 from .errors import SweepError
 
@@ -252,7 +253,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
                 T._save(r.head.state_dict(), r.out / "best.safetensors")
             r.history.append(entry)
             T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history)
-            T.tensorboard_log(r.out, entry)
+            tb.log_epoch(r.out, entry)
 
 
 # ---- the sweep -----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from . import data as D
 from . import metrics as M
+from . import tb
 from .config import Config, fingerprint
 from .errors import RunError, TrainError
 
@@ -324,7 +325,7 @@ def train(
             }
             history.append(entry)
             save_epoch(out, head, opt, torch.get_rng_state(), epoch, best, best_epoch, history)
-            tensorboard_log(out, entry)
+            tb.log_epoch(out, entry)
             log.info("epoch %d: loss %.4f val %s %.4f", epoch + 1, entry["loss"], key, val[key])
     if rank != 0:
         torch.distributed.barrier()
@@ -436,7 +437,7 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
     if not _recorded(results, record):  # re-running a finished run adds no second line
         with open(results, "a") as f:
             f.write(json.dumps(_finite(record), default=str) + "\n")
-    tensorboard_close(out)
+    tb.close(out)
     if not keep_checkpoints:
         drop_resume_state(out)
     return metrics | {"run_dir": str(out)}
@@ -446,34 +447,6 @@ def drop_resume_state(out: Path) -> None:
     """Remove a finished run's resume checkpoint (optimizer state, RNG, history); weights and logs stay."""
     for name in ("last.pt", "last.pt.tmp"):
         (out / name).unlink(missing_ok=True)
-
-
-_TB: dict[str, object] = {}  # run folder -> open SummaryWriter
-
-
-def tensorboard_log(out: Path, entry: dict) -> None:
-    """Per-epoch scalars (loss, lr, val metrics, seconds) as TensorBoard events in the run folder, when the
-    optional `tensorboard` extra is installed (`pip install stecache[tensorboard]`); else nothing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # torch's writer needs the tensorboard package
-        return
-    writer = _TB.get(str(out)) or _TB.setdefault(str(out), SummaryWriter(str(out)))
-    step = entry["epoch"]
-    for key, value in entry.items():
-        if key == "val":
-            for name, v in value.items():
-                if isinstance(v, (int, float)) and v is not None and math.isfinite(v):
-                    writer.add_scalar(f"val/{name}", v, step)
-        elif key != "epoch" and isinstance(value, (int, float)):
-            writer.add_scalar(f"train/{key}", value, step)
-    writer.flush()
-
-
-def tensorboard_close(out: Path) -> None:
-    writer = _TB.pop(str(out), None)
-    if writer is not None:
-        writer.close()
 
 
 def _recorded(results: Path, record: dict) -> bool:
