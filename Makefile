@@ -41,8 +41,9 @@ demo: $(STAMP)
 	$(BIN)/stecache evaluate $(WORK)/runs/demo-ste-d2 --split test
 	$(BIN)/stecache predict $(WORK)/runs/demo-ste-d2 $$(ls $(WORK)/synth/videos/*.mp4 | head -n 4)
 
-# Tables I–III (3 seeds) on the synthetic data with the tiny backbones, or on CACHE="a.zarr b.zarr"
-# (Table I on every cache, II/III on the first); writes reports/ablation.md. Recipe: pipelines/.
+# Tables I, I+ (probes), II, III (3 seeds) on the synthetic data with the tiny backbones, or on
+# CACHE="a.zarr b.zarr" (I and I+ on every cache, II/III on the first); writes runs/ablation-NAME and
+# reports/ablation-NAME/{ablation.md,report.html}, NAME = synth or the caches' names. Recipe: pipelines/.
 ablation: $(STAMP)
 	BIN=$(BIN) WORK=$(WORK) CACHE="$(CACHE)" sh pipelines/ablation_synth.sh
 

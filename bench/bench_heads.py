@@ -2,10 +2,12 @@
 
 Base = the ViT-B cache (c=768, 8×14×14, K=26); tiny = the `-tiny` backbones' cache (c=64, 4×4×4).
 Also the STE speed tricks one by one (plain → merged temporal taps → + identity folded into the kernel →
-+ channels_last_3d = the default `ste`), interleaved in the same rounds, with per-round speed-ups over
-plain. GFLOP/clip are counted with FlopCounterMode on the meta device; "% mm" is achieved GFLOP/s over
-the fp32 matmul canary of the same rounds. fwd+bwd = forward + cross-entropy + backward (no optimiser).
++ channels_last_3d; the default `ste` takes the layout measured fastest on its device), interleaved in
+the same rounds, with per-round speed-ups over plain. GFLOP/clip are counted with FlopCounterMode on the
+meta device; "% mm" is achieved GFLOP/s over the fp32 matmul canary of the same rounds. fwd+bwd =
+forward + cross-entropy + backward (no optimiser).
 Run: `python -m bench heads` (~1 min on 2 idle cores; several times that on a shared machine).
+`python -m bench probes` times only the probe heads of Table I+ beside Tr d1 and STE d1 (fwd+bwd, base shape).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ STE_VARIANTS = {  # cumulative tricks; the last one is the default `ste`
     "plain": dict(fused=False, channels_last=False),
     "merged taps": dict(fused=True, fold_identity=False, channels_last=False),
     "+ identity folded": dict(fused=True, fold_identity=True, channels_last=False),
-    "+ channels_last_3d (default)": dict(),
+    "+ channels_last_3d": dict(channels_last=True),
+    "default (device's fastest)": dict(),
 }
 
 
@@ -34,13 +37,13 @@ def _cases() -> dict[str, tuple[str, dict]]:
 
 
 def _depth(name: str) -> int:
-    return 1 if 1 in valid_depths(name) else 0
+    return 1 if 1 in valid_depths(name) else valid_depths(name)[0]  # vjepa2: its preset's 4
 
 
-def gflops(name: str, shape, K: int, options: dict, backward: bool) -> float:
+def gflops(name: str, shape, K: int, options: dict, backward: bool, depth: int | None = None) -> float:
     """GFLOP per clip of one forward (+ cross-entropy backward), counted on the meta device."""
     with torch.device("meta"):
-        head = build_head(name, shape, K, _depth(name), **options)
+        head = build_head(name, shape, K, _depth(name) if depth is None else depth, **options)
         x, y = torch.empty(1, *shape), torch.zeros(1, dtype=torch.long)
     with FlopCounterMode(display=False) as counter:
         if backward:
@@ -121,6 +124,50 @@ def main(batch: int = 1, rounds: int = 3, tiny_batch: int = 64, tiny_rounds: int
         ]
     )
     write_section("Heads", body)
+
+
+# the probes of Table I+ beside the paper's heads: (label, head, depth)
+PROBES = (("meanfc", "meanfc", 0), ("linear", "linear", 0), ("ep", "ep", 0), ("attentive d1", "attentive", 1),
+          ("vjepa2 (d4, 16 heads)", "vjepa2", 4), ("tr d1", "tr", 1), ("ste d1", "ste", 1))  # fmt: skip
+
+
+def probes(batch: int = 1, rounds: int = 3, device: str = "cpu") -> None:
+    """fwd+bwd (training step without the optimiser) per clip of each probe head at the base cache shape,
+    beside Tr d1 and STE d1; GFLOP/s over the matmul canary; writes the `Probe heads` section."""
+    (shape, K), dev = SHAPES["base"], torch.device(device)
+    torch.manual_seed(0)
+    x, y = torch.randn(batch, *shape, device=dev), torch.arange(batch, device=dev) % K
+    fns, params = {}, {}
+    for label, name, depth in PROBES:
+        head = build_head(name, shape, K, depth).train().to(dev)
+        params[label] = sum(p.numel() for p in head.parameters())
+
+        def step(head=head):
+            head.zero_grad(set_to_none=True)
+            F.cross_entropy(head(x), y).backward()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        fns[label] = step
+    flops = {label: gflops(name, shape, K, {}, True, depth) for label, name, depth in PROBES}
+    times = interleave(fns, rounds=rounds, warmup=1)
+    canary = median(times["_canary_gflops"])
+    ste = times["ste d1"]
+    rows = ["| head | params | fwd+bwd GFLOP/clip | ms/clip | GFLOP/s | ÷ canary | time ÷ STE d1 |",
+            "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for label, _, _ in PROBES:
+        ms = median(times[label]) / batch * 1e3
+        rate = flops[label] / (ms / 1e3)
+        ratio = median([a / b for a, b in zip(times[label], ste, strict=True)])
+        rows.append(f"| {label} | {params[label]:,} | {flops[label]:.3g} | {ms:.3g} | {rate:.0f} | "
+                    f"{rate / canary:.2f} | {ratio:.3f} |")  # fmt: skip
+    write_section(
+        "Probe heads (Table I+) at the base cache shape",
+        f"fwd+bwd (forward, cross-entropy, backward; no optimiser) per clip at c 768, 8×14×14, K 26, batch "
+        f"{batch}, {rounds} interleaved rounds on {device}; medians; matmul canary (CPU fp32) "
+        f"{canary:.0f} GFLOP/s in the same rounds. {machine_line()}. `time ÷ STE d1` is the median of "
+        "per-round ratios.\n\n" + "\n".join(rows),
+    )
 
 
 if __name__ == "__main__":

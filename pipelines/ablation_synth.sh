@@ -1,18 +1,21 @@
 #!/bin/sh
-# Tables I–III of the paper on the embedded synthetic data with the tiny backbones (what `make ablation` runs).
+# Tables I, I+, II, III on the embedded synthetic data with the tiny backbones (what `make ablation` runs).
 #   sh pipelines/ablation_synth.sh                    # synth → extract (2 backbones × 2 datasets) → sweep → report
 #   CACHE="a.zarr b.zarr" sh pipelines/ablation_synth.sh   # the same protocol on your own cache(s)
-# Budget: < 15 min on 2 CPU cores. Measured from scratch (no install): 9.5 min wall on a shared machine
-# (load ~7 on 2 cores; 3.9 min of CPU): synth + 4 extractions ~1.5 min, 51 runs in 15 passes, report.
+# Runs go to runs/ablation-NAME and the report to reports/ablation-NAME, NAME = "synth" or the caches' names
+# joined by "+" (so your caches never mix with the synthetic run); RUNS=/REPORT= override.
+# Budget: < 15 min on 2 CPU cores. Measured from scratch with Table I+ (99 runs in 12 passes): 7.7 min of
+# CPU (431 s user + 30 s sys), 24.3 min wall on a 2-core machine at load 10–16 (other jobs); before I+:
+# 51 runs, 3.9 min of CPU, 9.5 min wall at load ~7.
 # One intra-op thread: the tiny heads' ops are too small to split, and on a busy machine two threads
 # made a step 10x slower (measured); set OMP_NUM_THREADS to override.
-# Table I: meanFC / Tr_head d1 / STE_head d1 on every cache; Tables II and III (meanFC, patch, STEb+meanFC,
-# STE d0–4) on the first cache; 3 seeds each; selection on val, test reported once per selected run.
+# Table I: meanFC / Tr_head d1 / STE_head d1 on every cache; Table I+: those beside the probes linear,
+# attentive d1, vjepa2 (V-JEPA 2's d4) and ep on every cache; Tables II and III (meanFC, patch, STEb+meanFC,
+# STE d0–4) on the first cache; 3 seeds each; epoch and setting selected on val (mAP multi-label, Acc@1),
+# test reported once per selected run; multi-label F1 at the val-tuned threshold, F1@0.5 beside it.
 set -eu
 BIN=${BIN:-.venv/bin}
 WORK=${WORK:-work}
-RUNS=${RUNS:-runs/ablation}
-REPORT=${REPORT:-reports}
 EPOCHS=${EPOCHS:-20}
 SEEDS=${SEEDS:-0,1,2}
 # lr per 256 clips (scaled to the batch of 32). The paper's 1e-3 assumes 100 epochs of ~17k clips; with 176
@@ -33,11 +36,19 @@ if [ -z "$CACHE" ]; then
     done
     CACHE="$WORK/cache/synth-multi-videomaev2-tiny.zarr $WORK/cache/synth-multi-uniformerv2-tiny.zarr \
 $WORK/cache/synth-videomaev2-tiny.zarr $WORK/cache/synth-uniformerv2-tiny.zarr"
+    NAME=synth
+else
+    # the caches' names (folder names without .zarr) joined by "+", at most 80 characters
+    NAME=$(for c in $CACHE; do basename "${c%/}" .zarr; done | paste -sd+ - | cut -c1-80)
 fi
+RUNS=${RUNS:-runs/ablation-$NAME}
+REPORT=${REPORT:-reports/ablation-$NAME}
+echo "caches: $CACHE"
+echo "runs: $RUNS  report: $REPORT"
 
 # one pass per cache and seed; then the tables (= `stecache report $RUNS/results.jsonl --out $REPORT`)
 # shellcheck disable=SC2086  # CACHE is a space-separated list on purpose
-"$BIN/stecache" ablate $CACHE --tables I,II,III --seeds "$SEEDS" --epochs "$EPOCHS" --set "lr=$LRS" \
+"$BIN/stecache" ablate $CACHE --tables I,I+,II,III --seeds "$SEEDS" --epochs "$EPOCHS" --set "lr=$LRS" \
     --out "$RUNS" --report "$REPORT"
 
 # Fig. 1: position-correlation heat maps, raw vs after the blocks of seed 0's Tr d1 and STE d1 on the first cache
@@ -54,5 +65,7 @@ for r in map(json.loads, open(sys.argv[1])):
         echo
     done
 } > "$REPORT/fig1.md"
+# the HTML again, now with the Fig. 1 maps in it
+"$BIN/stecache" report "$RUNS/results.jsonl" --out "$REPORT" --html > /dev/null
 cat "$REPORT/ablation.md" "$REPORT/fig1.md"
-echo "report: $REPORT/ablation.md (Fig. 1 heat maps: $REPORT/fig1.md)"
+echo "report: $REPORT/ablation.md, $REPORT/report.html (Fig. 1 heat maps: $REPORT/fig1.md)"

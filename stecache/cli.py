@@ -133,7 +133,7 @@ def _shape(ctx, param, value: str) -> tuple[int, int, int, int]:
 @click.option("--classes", default=26, show_default=True, type=click.IntRange(1, 10**6),
               help="Number of classes K.")  # fmt: skip
 def heads(describe: bool, shape: tuple, classes: int):
-    """List the classifier heads (meanfc, tr, ste, stemean, patch); --describe sizes them for a shape."""
+    """List the classifier heads (the paper's and the probes); --describe sizes them for a shape."""
     from .heads import HEADS, describe_table, valid_depths
 
     if describe:
@@ -142,7 +142,7 @@ def heads(describe: bool, shape: tuple, classes: int):
     for name, cls in HEADS.items():
         d = valid_depths(name)
         doc = cls.__doc__.splitlines()[0].split(": ", 1)[-1]
-        click.echo(f"{name:8s} depth {f'{d.start}..{d.stop - 1}':6s} {doc}")
+        click.echo(f"{name:9s} depth {f'{d.start}..{d.stop - 1}':6s} {doc}")
 
 
 # ---- ablate ------------------------------------------------------------------------------------------
@@ -183,7 +183,8 @@ def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
 
 @cli.command()
 @click.argument("caches", nargs=-1, required=True)
-@click.option("--tables", help="Paper presets: I (meanFC/Tr d1/STE d1, every cache), II, III (first cache).")
+@click.option("--tables", help="Presets: I (meanFC/Tr d1/STE d1, every cache), I+ (I's heads beside the "
+              "probes linear/attentive/vjepa2/ep, every cache), II, III (first cache).")  # fmt: skip
 @click.option("--heads", help="Head specs for every cache, e.g. meanfc,tr:1,ste:0-4.")
 @click.option("--seeds", default="0,1,2", show_default=True, callback=_int_list, help="Seeds (comma list).")
 @click.option("--epochs", type=click.IntRange(1, 10**5), default=30, show_default=True, help="Paper: 100.")
@@ -198,8 +199,9 @@ def _grid_option(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--report", "report_dir", type=click.Path(path_type=Path),
               help="Also write the tables here [default: OUT/report].")  # fmt: skip
 @click.option("--val-split", default="val", show_default=True, help="Split heads are selected on.")
+@click.option("--keep-checkpoints", is_flag=True, help="Keep each finished run's resume checkpoint.")
 def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, device, out, report_dir,
-           val_split):  # fmt: skip
+           val_split, keep_checkpoints):  # fmt: skip
     """Train a grid of heads (× seeds × settings) on CACHES in one pass per cache; select on val, test once.
 
     Resumable: finished runs (in OUT/results.jsonl) are skipped; an interrupted pass resumes its heads.
@@ -209,9 +211,17 @@ def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, devic
 
     base = {"epochs": epochs, "batch_size": batch_size, "val_split": val_split}
     jobs = plan(list(caches), tables=tables, heads=heads, seeds=seeds, base=base, grid=grid)
-    run_sweep(jobs, out, memory=memory, device=device, echo=click.echo)
-    md = write_report(out / "results.jsonl", report_dir or out / "report")
-    click.echo(f"results: {out / 'results.jsonl'}\nreport: {md}")
+    run_sweep(jobs, out, memory=memory, device=device, echo=click.echo, keep_checkpoints=keep_checkpoints)
+    md = write_report(out / "results.jsonl", report_dir or out / "report", html=True)
+    _warn_degenerate(out / "results.jsonl")
+    click.echo(f"results: {out / 'results.jsonl'}\nreport: {md} (and {md.with_name('report.html')})")
+
+
+def _warn_degenerate(results: Path) -> None:
+    from .report import degenerate_runs, load_results
+
+    for line in degenerate_runs(load_results(results)):
+        click.echo(f"stecache: warning: degenerate run {line}", err=True)
 
 
 # ---- report ------------------------------------------------------------------------------------------
@@ -228,8 +238,13 @@ def ablate(caches, tables, heads, seeds, epochs, batch_size, grid, memory, devic
 @click.option("--split", default="val", show_default=True, help="Split averaged over (with --correlation).")
 @click.option("--max-clips", default=256, show_default=True, type=click.IntRange(1, 10**7),
               help="Clips averaged over (with --correlation).")  # fmt: skip
-def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, split: str, max_clips: int):
-    """Tables I–III (markdown, CSV, PNG) from RESULTS (a results.jsonl), or Fig. 1 maps (--correlation)."""
+@click.option("--html", "as_html", is_flag=True,
+              help="Also write OUT/report.html: one self-contained file with every table, figure, "
+              "per-class metric, confusion matrix and run configuration.")  # fmt: skip
+def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, split: str, max_clips: int,
+           as_html: bool):  # fmt: skip
+    """Tables of RESULTS (a results.jsonl): Tables I, I+, II, III where their runs exist and a table of every
+    configuration (any grid); markdown, CSV, 300 dpi PNG + PDF. Or Fig. 1 maps (--correlation)."""
     from .report import correlation_maps, write_report
 
     if corr is not None:
@@ -239,14 +254,16 @@ def report(results: Path | None, out: Path, no_plots: bool, corr: Path | None, s
         raise click.UsageError("give RESULTS (e.g. runs/ablation/results.jsonl) or --correlation RUN")
     if results.is_dir():  # a runs folder: its results.jsonl
         results = results / "results.jsonl"
-    md = write_report(results, out, plots=not no_plots)
+    md = write_report(results, out, plots=not no_plots, html=as_html)
     click.echo(md.read_text())
-    click.echo(f"report: {md}")
+    _warn_degenerate(results)
+    click.echo(f"report: {md}" + (f" and {md.with_name('report.html')}" if as_html else ""))
 
 
 # ---- train-head / evaluate ---------------------------------------------------------------------------
 
-HEAD_NAMES = ("meanfc", "patch", "ste", "stemean", "tr")  # = sorted(heads.HEADS) (tested); no torch at --help
+# = sorted(heads.HEADS) (tested); no torch at --help
+HEAD_NAMES = ("attentive", "ep", "linear", "meanfc", "patch", "ste", "stemean", "tr", "vjepa2")
 
 
 def _default_cache() -> str:
@@ -269,7 +286,8 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 @cli.command("train-head")
 @click.option("--head", type=click.Choice(HEAD_NAMES), default="ste", show_default=True, help="Head type.")
 @click.option("--depth", type=int, default=None,
-              help="Blocks in the head [default: 1 for tr/ste/stemean, 0 for meanfc/patch].")  # fmt: skip
+              help="Blocks in the head [default: 1 for tr/ste/stemean/attentive, 4 for vjepa2, 0 for "
+              "meanfc/patch/linear/ep].")  # fmt: skip
 @click.option("--cache", "cache", help="Feature cache [default: the one `stecache extract` made last].")
 @click.option("--epochs", type=click.IntRange(1, 10**5), default=30, show_default=True, help="Paper: 100.")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the head's init and dropout.")
@@ -292,8 +310,12 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--resume/--no-resume", default=None,
               help="Resume the run's checkpoint [default: if its config matches] / start over.")  # fmt: skip
 @click.option("--val-split", default="val", show_default=True, help="Split the best epoch is selected on.")
+@click.option("--device", callback=_device, help="torch device [default: cuda if available, else cpu].")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep the finished run's resume checkpoint [default: weights and logs only].")  # fmt: skip
 def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warmup_epochs, weight_decay,
-               no_balance, options, ram_limit, out, name, runs, resume, val_split):  # fmt: skip
+               no_balance, options, ram_limit, out, name, runs, resume, val_split, device,
+               keep_checkpoints):  # fmt: skip
     """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
     import logging
 
@@ -307,7 +329,13 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
                       weight_decay=weight_decay, balanced=not no_balance, ram_limit=ram_limit,
                       val_split=val_split)  # fmt: skip
     out = out or (runs / name if name else None)
-    metrics = train(cfg, cache or _default_cache(), out, runs_root=runs, resume=resume)
+    if cache is None:
+        cache = _default_cache()
+        click.echo(f"no --cache: using {cache} (the cache `stecache extract` made last)", err=True)
+    else:
+        click.echo(f"cache: {cache}", err=True)
+    metrics = train(cfg, cache, out, runs_root=runs, resume=resume, device=device,
+                    keep_checkpoints=keep_checkpoints)  # fmt: skip
     if metrics:  # rank 0 only
         split = "test" if "test" in metrics else "val"
         res = {"run": metrics["run_dir"], "split": split, "clips": metrics[f"{split}_clips"],
@@ -315,6 +343,8 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
         if f"{split}_tuned" in metrics:
             res["tuned"] = metrics[f"{split}_tuned"]
         click.echo(format_table(res))
+        if metrics.get("degenerate"):
+            click.echo(f"stecache: warning: degenerate run: {metrics['degenerate']}", err=True)
         click.echo(f"run folder: {metrics['run_dir']}")
 
 
@@ -323,12 +353,13 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
 @click.option("--split", default="test", show_default=True, help="Split of the cache to evaluate on.")
 @click.option("--cache", help="Another copy of the run's cache (must have the same fingerprint).")
 @click.option("--per-class", is_flag=True, help="Also print per-class P/R/F1 (multi-label) or acc/P/R.")
-def evaluate(run: Path, split: str, cache: str | None, per_class: bool):
+@click.option("--device", default="cpu", show_default=True, callback=_device, help="torch device.")
+def evaluate(run: Path, split: str, cache: str | None, per_class: bool, device: str):
     """Metrics of a trained run's best head on a split of its cache."""
     from .metrics import format_table
     from .train import evaluate as evaluate_run
 
-    result = evaluate_run(run, split=split, cache=cache)
+    result = evaluate_run(run, split=split, cache=cache, device=device)
     click.echo(format_table(result, result["class_names"] if per_class else None))
 
 

@@ -6,17 +6,18 @@ streamed: shards in shuffled order, rows shuffled within a buffer of a few shard
 row order so reads stay sequential inside shards. Which mode was chosen is logged. The epoch's row list
 (a permutation, or a class-balanced weighted draw) depends only on (seed, epoch), and its shard-aware
 reshuffle only on the seed and the cache's shard size — never on the mode or the RAM limit — so a run gives
-the same batches in RAM or streamed, resumed (in either mode) or distributed. A background thread
-prepares the next batch.
+the same batches in RAM or streamed, resumed (in either mode) or distributed. A background thread prepares
+the next batches, as many ahead as the measured shard-read and step times need (`prefetch`, `read_ahead`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import re
 import threading
+import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -254,38 +255,94 @@ def batches(
         yield np.concatenate(pos_buf), np.concatenate(feat_buf)
 
 
-def prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Run iterator `it` in a background thread, `depth` items ahead; exceptions re-raise here."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
+READ_AHEAD_BYTES = 256 * 2**20  # most bytes of batches held ahead by `prefetch`
+
+
+def read_ahead(read_seconds: float, step_seconds: float, item_bytes: int, lo: int = 2,
+               max_bytes: int = READ_AHEAD_BYTES) -> int:  # fmt: skip
+    """Batches to hold ahead so a read of `read_seconds` (the slowest item, e.g. a streamed buffer of
+    shards) hides behind the steps of the queued batches: ceil(read / step) + 1, at least `lo`, at most
+    what fits in `max_bytes`; before any step is measured (an iterator made ahead of its epoch), as many
+    as fit."""
+    cap = max_bytes // max(1, item_bytes)
+    need = cap if step_seconds <= 0 else max(lo, int(np.ceil(read_seconds / step_seconds)) + 1)
+    return int(max(lo, min(need, cap)))
+
+
+def prefetch(it: Iterator, depth: int | None = None) -> Iterator:
+    """Run iterator `it` in a background thread, ahead of the consumer; exceptions re-raise here.
+
+    depth None (default): read-ahead sized while running from the measured step time (consumer time
+    between batches) and read time (the slowest item of the producer: a streamed buffer of shards), see
+    `read_ahead`; an int fixes it. The items and their order are exactly `it`'s. Reading starts at the
+    call, so an iterator made before it is needed (the next epoch's, during validation) is ready in time.
+    """
+    items: list = []
+    cond = threading.Condition()
     stop = threading.Event()
     end = object()
+    stats = {"read": 0.0, "step": 0.0, "bytes": 1, "limit": depth or 2}
 
     def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        with cond:
+            while len(items) >= stats["limit"] and not stop.is_set():
+                cond.wait(0.1)
+            if stop.is_set():
+                return False
+            items.append(item)
+            cond.notify_all()
+            return True
 
     def work():
         try:
+            t = time.perf_counter()
             for item in it:
+                read = time.perf_counter() - t
+                if depth is None:
+                    stats["read"] = max(stats["read"], read)
+                    stats["bytes"] = max(stats["bytes"], _nbytes(item))
+                    stats["limit"] = read_ahead(stats["read"], stats["step"], stats["bytes"])
                 if not put(item):
                     return
+                t = time.perf_counter()
             put(end)
         except BaseException as e:  # noqa: B036 — handed to the consumer, which re-raises it
             put(e)
 
     threading.Thread(target=work, daemon=True).start()
+    gen = _drain(items, cond, stop, end, stats, depth)
+    weakref.finalize(gen, stop.set)  # an iterator dropped unread stops its thread
+    return gen
+
+
+def _drain(items: list, cond, stop, end, stats: dict, depth: int | None) -> Iterator:
+    """The consumer side of `prefetch`: hand out items in order, measure the step time between them."""
     try:
-        while (item := q.get()) is not end:
+        while True:
+            with cond:
+                while not items:
+                    cond.wait(0.1)
+                item = items.pop(0)
+                cond.notify_all()
+            if item is end:
+                return
             if isinstance(item, BaseException):
                 raise item
+            got = time.perf_counter()
             yield item
+            if depth is None:  # the consumer's step: from handing the item out to asking for the next
+                step = time.perf_counter() - got
+                stats["step"] = step if not stats["step"] else 0.8 * stats["step"] + 0.2 * step
+                stats["limit"] = read_ahead(stats["read"], stats["step"], stats["bytes"])
     finally:
         stop.set()
+        with cond:
+            cond.notify_all()
+
+
+def _nbytes(item) -> int:
+    parts = item if isinstance(item, tuple) else (item,)
+    return sum(getattr(x, "nbytes", 0) for x in parts)
 
 
 def to_tensor(x: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:

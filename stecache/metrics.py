@@ -120,8 +120,36 @@ def evaluate_probs(probs: np.ndarray, target: np.ndarray, multi_label: bool, thr
 
 
 def main_metric(multi_label: bool) -> str:
-    """The metric a run is selected on: macro-F1 for multi-label caches, Acc@1 for single-label."""
-    return "macro_f1" if multi_label else "acc1"
+    """The metric the best epoch is selected on: mAP for multi-label caches, Acc@1 for single-label.
+
+    mAP is threshold-free: F1 at the fixed 0.5 threshold stays 0 while a head's scores are all below 0.5,
+    so selecting on it picks epoch 1 of a head that is still learning (its mAP rising). F1 is reported at
+    the val-tuned threshold (`tune_threshold`) with F1 at 0.5 beside it.
+    """
+    return "mAP" if multi_label else "acc1"
+
+
+def selection_score(m: dict, multi_label: bool) -> float:
+    """`m[main_metric]`, with an undefined value (NaN: no val positives) ranked below every real one."""
+    v = m.get(main_metric(multi_label), float("nan"))
+    return -np.inf if v is None or np.isnan(v) else float(v)
+
+
+def degenerate(probs: np.ndarray, multi_label: bool, threshold: float = 0.5) -> str:
+    """Why a run's predictions carry no information ("" when they do): multi-label, no clip gets any label
+    at `threshold`, or every clip gets the same label set; single-label, every clip gets the same class."""
+    probs = np.asarray(probs)
+    if len(probs) == 0:
+        return ""
+    if multi_label:
+        pred = probs >= threshold
+        if not pred.any():
+            return f"no label predicted at threshold {threshold:.2f}"
+        if len(probs) > 1 and (pred == pred[:1]).all():
+            return f"the same labels for every clip at threshold {threshold:.2f}"
+        return ""
+    top1 = probs.argmax(1)
+    return f"class {int(top1[0])} for every clip" if len(probs) > 1 and (top1 == top1[0]).all() else ""
 
 
 def summary(m: dict) -> dict:

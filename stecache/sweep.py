@@ -23,15 +23,17 @@ import torch
 
 from . import data as D
 from . import metrics as M
-from . import runio
+from . import runio, tb
 from . import train as T
 from .errors import SweepError
 from .heads import HEADS
 
-# Table presets: head specs; Table I runs on every cache, II and III on the first cache only.
+# Table presets: head specs; Tables I and I+ run on every cache, II and III on the first cache only.
 # The patch_base_classifier row of Table II is `ste` at depth 0 (the same head; report.py maps it).
+# I+: today's frozen-encoder probes beside Table I's heads (the same protocol and seeds).
 TABLES = {
     "I": ("meanfc", "tr:1", "ste:1"),
+    "I+": ("meanfc", "tr:1", "ste:1", "linear", "attentive:1", "vjepa2", "ep"),
     "II": ("meanfc", "ste:0", "stemean:1", "ste:1"),
     "III": ("ste:0-4",),
 }
@@ -82,7 +84,7 @@ def plan(
     base: dict | None = None,
     grid: dict[str, list] | None = None,
 ) -> list[Job]:
-    """Jobs for table presets (I on every cache, II/III on the first) and/or head specs × seeds × grid."""
+    """Jobs for table presets (I, I+ on every cache, II/III on the first) and/or head specs × seeds × grid."""
     from .heads import valid_depths
 
     if not caches:
@@ -104,7 +106,7 @@ def plan(
         raise SweepError(f"--set {key}=...: {key} is not varied by --set; use {fixed[key]}")
     jobs: dict[tuple, Job] = {}
     for i, cache in enumerate(caches):
-        specs = [h for t in names if t == "I" or i == 0 for h in parse_heads(list(TABLES[t]))] + extra
+        specs = [h for t in names if t in ("I", "I+") or i == 0 for h in parse_heads(list(TABLES[t]))] + extra
         for (head, depth), seed, values in itertools.product(specs, seeds, itertools.product(*grid.values())):
             depth = valid_depths(head)[0] if depth is None else depth
             try:
@@ -237,10 +239,10 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
     targets = torch.from_numpy(train_split.targets(multi))
     weights = D.sample_weights(train_split.labels) if cfg.balanced else None
     steps = math.ceil(len(train_split) / cfg.batch_size)
-    key = M.main_metric(multi)
+    ahead = None  # the next epoch's batches, read during this epoch's validation
     for epoch in range(runs[0].start, cfg.epochs):
         t0, wait = time.perf_counter(), 0.0
-        it = T.epoch_batches(train_split, cfg, epoch, weights)
+        it = ahead or T.epoch_batches(train_split, cfg, epoch, weights)
         for r in runs:
             r.head.train()
             r.loss_sum.zero_()
@@ -254,6 +256,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
             for r in runs:
                 r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi, where)
         train_seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
+        ahead = T.epoch_batches(train_split, cfg, epoch + 1, weights) if epoch + 1 < cfg.epochs else None
         probs = T.predict_many([r.head for r in runs], val_split, multi, device=device)
         seconds = (time.perf_counter() - t0) / len(runs)
         for r, p in zip(runs, probs, strict=True):
@@ -263,13 +266,15 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
                      "val": M.summary(val), "seconds": seconds, "train_seconds": train_seconds,
                      "data_wait_seconds": wait / len(runs),
                      "heads_in_pass": len(runs)}  # fmt: skip
-            if val[key] > r.best and T.finite_weights(r.head):
-                r.best, r.best_epoch = val[key], epoch + 1
+            score = M.selection_score(val, multi)  # mAP (threshold-free) or Acc@1
+            if score > r.best and T.finite_weights(r.head):
+                r.best, r.best_epoch = score, epoch + 1
                 T._save(r.head.state_dict(), r.out / "best.safetensors")
             r.history.append(entry)
             identity = {"config": r.cfg.to_dict(), "cache_fingerprint": cache.fingerprint}
             T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history, identity,
                          r.cuda_rng)  # fmt: skip
+            tb.log_epoch(r.out, entry)
 
 
 # ---- the sweep -----------------------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def finished_runs(out: Path) -> set[str]:
 
 def run_sweep(
     jobs: list[Job], out: str | Path, memory: int | str | None = None, device: str | None = None,
-    progress: bool = True, echo=print,
+    progress: bool = True, echo=print, keep_checkpoints: bool = False,
 ) -> list[dict]:  # fmt: skip
     """Train every job, grouped by cache, data key and memory; returns the metrics of the runs trained now.
     `out` and each run folder are locked while written (RunBusy for a second sweep on the same --out)."""
@@ -296,10 +301,11 @@ def run_sweep(
     if memory is not None:
         D.ram_limit(memory)
     with runio.lock(out, "sweep folder"):
-        return _run_sweep(jobs, Path(out), memory, device, progress, echo)
+        return _run_sweep(jobs, Path(out), memory, device, progress, echo, keep_checkpoints)
 
 
-def _run_sweep(jobs: list[Job], out: Path, memory, device, progress: bool, echo) -> list[dict]:
+def _run_sweep(jobs: list[Job], out: Path, memory, device, progress: bool, echo, keep_checkpoints: bool
+               ) -> list[dict]:  # fmt: skip
     from .cache import open_cache
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -312,7 +318,7 @@ def _run_sweep(jobs: list[Job], out: Path, memory, device, progress: bool, echo)
         failed = failures[url]
         mine = [j.cfg for j in jobs if j.cache == url]
         todo = [c for c in mine if T.run_name(c, cache) not in done]
-        echo(f"{url}: {len(mine)} runs, {len(mine) - len(todo)} already in {out / 'results.jsonl'}")
+        echo(f"cache {url}: {len(mine)} runs, {len(mine) - len(todo)} already in {out / 'results.jsonl'}")
         if not todo:
             continue
         splits: dict[tuple, D.SplitData] = {}  # loaded once per cache, shared by all data keys
@@ -345,9 +351,11 @@ def _run_sweep(jobs: list[Job], out: Path, memory, device, progress: bool, echo)
                     t0 = time.perf_counter()
                     train_group(runs, cache, train_split, val_split, device, progress)
                     for r in runs:
-                        m = T.finish(r.out, r.cfg, cache, val_split, r.best_epoch, r.history, device)
+                        m = T.finish(r.out, r.cfg, cache, val_split, r.best_epoch, r.history, device,
+                                     keep_checkpoints)  # fmt: skip
                         results.append(m)
-                        echo(f"    {r.out.name}: val {_fmt(m, 'val')} test {_fmt(m, 'test')}")
+                        flag = f"  DEGENERATE: {m['degenerate']}" if m.get("degenerate") else ""
+                        echo(f"    {r.out.name}: val {_fmt(m, 'val')} test {_fmt(m, 'test')}{flag}")
                 echo(f"    pass of {len(runs)} heads: {time.perf_counter() - t0:.1f} s")
     return results
 
@@ -374,4 +382,6 @@ def _resume_epoch(run_dir: Path) -> int:
 def _fmt(metrics: dict, split: str) -> str:
     m = metrics.get(split, {})
     key = metrics.get("main_metric", "acc1")
-    return f"{key} {100 * m[key]:.2f}" if key in m else "—"
+    text = f"{key} {100 * m[key]:.2f}" if m.get(key) is not None else "—"
+    tuned = metrics.get(f"{split}_tuned")
+    return text + (f" F1 {100 * tuned['macro_f1']:.2f}@{tuned['threshold']:.2f}" if tuned else "")

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from . import data as D
 from . import metrics as M
-from . import runio
+from . import runio, tb
 from .config import Config, check_range, fingerprint
 from .errors import NonFiniteLoss, RunError, StecacheError, TrainError
 
@@ -37,6 +37,7 @@ RESUME_FILE = "resume.safetensors"  # the resume checkpoint (safetensors + JSON 
 # every file that only serves resuming (may go once a run is finished); last.pt: the pickle checkpoint of
 # older versions, never loaded
 RESUME_FILES = (RESUME_FILE, "last.pt")
+FINISHED_FILES = ("config.json", "best.safetensors", "metrics.json")  # what a finished run keeps
 
 
 # (low, high, kind) of every numeric TrainConfig field; seeds as numpy's and torch's generators take them
@@ -236,10 +237,26 @@ def _save(obj, path: Path) -> None:
         runio.write_file(path, obj)
 
 
+_SHORT = {"epochs": "ep", "batch_size": "bs", "weight_decay": "wd", "warmup_epochs": "wu", "data_seed": "ds"}
+
+
 def run_name(cfg: TrainConfig, cache) -> str:
-    """Default run folder name: head, depth, seed and a hash of the config and the cache."""
-    h = fingerprint({"config": cfg.to_dict(), "cache": cache.fingerprint})[:8]
-    return f"{cfg.head}-d{cfg.depth if cfg.depth is not None else 'x'}-s{cfg.seed}-{h}"
+    """Default run folder name: cache (backbone) name, head, depth, every setting that differs from the
+    defaults (a swept value shows), seed, and a short hash of config + cache, e.g.
+    `synth-videomaev2-tiny-ste-d1-ep20-lr0.01-s0-3fa9c1`."""
+    h = fingerprint({"config": cfg.to_dict(), "cache": cache.fingerprint})[:6]
+    base = Path(str(cache.url).rstrip("/")).name.removesuffix(".zarr")
+    prov = cache.attrs.get("backbone", {})
+    backbone = prov.get("name") if isinstance(prov, dict) else prov
+    if backbone and str(backbone) not in base:
+        base = f"{backbone}-{base}"
+    default, now = TrainConfig().to_dict(), cfg.to_dict()
+    skip = ("head", "depth", "seed", "head_options", "ram_limit")
+    parts = [f"{_SHORT.get(k, k)}{now[k]}" for k in now if k not in skip and now[k] != default[k]]
+    parts += [f"{k}{v}" for k, v in sorted(cfg.head_options.items())]
+    depth = f"d{cfg.depth if cfg.depth is not None else 'x'}"
+    name = "-".join([base, cfg.head, depth, *parts, f"s{cfg.seed}", h])
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)
 
 
 def _check_classes(cache, train: D.SplitData) -> None:
@@ -262,23 +279,30 @@ def train(
     runs_root: str | Path = "runs",
     resume: bool | None = None,
     progress: bool = True,
+    device: str | None = None,
+    keep_checkpoints: bool = False,
 ) -> dict:
     """Train `cfg` on the cache at `cache_url` into `out_dir` (default runs_root/run_name); metrics dict.
 
     resume=None: resume when the folder holds a checkpoint of the same config and cache; True: must
     resume; False: start over. The run folder is locked (RunBusy for a second writer) while training.
+    device: None = cuda (this rank's GPU) if available, else cpu. A finished run keeps its weights and
+    drops the resume checkpoint unless keep_checkpoints.
     """
     with contextlib.ExitStack() as stack:
-        return _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack)
+        return _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_checkpoints, stack)
 
 
-def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextlib.ExitStack) -> dict:
+def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_checkpoints,
+           stack: contextlib.ExitStack) -> dict:  # fmt: skip
     from tqdm import tqdm
 
     from .cache import open_cache
 
     rank, world = _dist()
-    device = torch.device("cuda", rank % torch.cuda.device_count()) if torch.cuda.is_available() else "cpu"
+    if device is None:
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", rank % torch.cuda.device_count()) if cuda else "cpu"
     cache = open_cache(cache_url)
     failed = D.check_complete(cache)
     head = make_head(cfg, cache).to(device)  # unknown head / bad depth / patch fail here
@@ -296,6 +320,9 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextl
     if rank == 0:
         stack.enter_context(runio.lock(out))  # one writer; cleans temp files of a killed run
     state = _resume_state(out, identity, resume)
+    if state is None and resume is not False and all((out / f).is_file() for f in FINISHED_FILES):
+        log.info("%s: already finished (same config and cache); --no-resume trains it again", out)
+        return read_metrics(out) | {"run_dir": str(out)}  # its resume state was dropped: nothing to redo
     if rank == 0:
         write_run_config(out, cfg, cache, failed, world)
 
@@ -313,9 +340,10 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextl
     model = torch.nn.parallel.DistributedDataParallel(head) if world > 1 else head
     key = M.main_metric(multi)
 
+    ahead = None  # the next epoch's batches, read during this epoch's validation
     for epoch in range(start, cfg.epochs):
         t0, wait, loss_sum = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)
-        it = epoch_batches(train_split, cfg, epoch, weights)
+        it = ahead or epoch_batches(train_split, cfg, epoch, weights)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress and rank == 0 else True)  # fmt: skip
         head.train()
@@ -340,6 +368,7 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextl
             bar.set_postfix(loss=f"{loss.item() / max(1, len(pos[mine])):.4f}")
         bar.close()
         train_seconds = time.perf_counter() - t0
+        ahead = epoch_batches(train_split, cfg, epoch + 1, weights) if epoch + 1 < cfg.epochs else None
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
         entry = {"epoch": epoch + 1, "loss": float(loss_sum[0] / loss_sum[1]), "lr": lr}
@@ -348,8 +377,9 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextl
                 predict(head, val_split, multi, device=device), val_split.targets(multi), multi
             )
             entry |= {"val": M.summary(val)}
-            if val[key] > best and finite_weights(head):
-                best, best_epoch = val[key], epoch + 1
+            score = M.selection_score(val, multi)  # mAP (threshold-free) or Acc@1
+            if score > best and finite_weights(head):
+                best, best_epoch = score, epoch + 1
                 _save(head.state_dict(), out / "best.safetensors")
             entry |= {
                 "seconds": time.perf_counter() - t0,
@@ -360,11 +390,12 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, stack: contextl
             cuda_rng = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
             rng = torch.get_rng_state()
             save_epoch(out, head, opt, rng, epoch, best, best_epoch, history, identity, cuda_rng)
+            tb.log_epoch(out, entry)
             log.info("epoch %d: loss %.4f val %s %.4f", epoch + 1, entry["loss"], key, val[key])
     if rank != 0:
         torch.distributed.barrier()
         return {}
-    metrics = finish(out, cfg, cache, val_split, best_epoch, history, device)
+    metrics = finish(out, cfg, cache, val_split, best_epoch, history, device, keep_checkpoints)
     if world > 1:
         torch.distributed.barrier()
     return metrics
@@ -439,8 +470,12 @@ def _resume_state(out: Path, identity: dict, resume: bool | None) -> Path | None
     return ckpt
 
 
-def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, history: list, device) -> dict:
-    """Evaluate the best weights on val and (once) on test; write metrics.json, the plot, results.jsonl."""
+def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, history: list, device,
+           keep_checkpoints: bool = False) -> dict:  # fmt: skip
+    """Evaluate the best weights on val and (once) on test; write metrics.json, the plot, results.jsonl.
+
+    Flags a degenerate run (no label predicted, or one answer for every clip) in metrics and the record;
+    then drops the resume checkpoint (`drop_resume_state`) unless keep_checkpoints."""
     multi = bool(cache.multi_label)
     if best_epoch < 1:
         what = M.main_metric(multi)
@@ -467,6 +502,10 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         metrics["test"] = M.evaluate_probs(test_probs, test_split.targets(multi), multi)
         if multi and cfg.tune_threshold:
             metrics["test_tuned"] = M.evaluate_probs(test_probs, test_split.targets(multi), multi, threshold)
+    probs = test_probs if test_split is not None else val_probs
+    metrics["degenerate"] = M.degenerate(probs, multi, threshold)
+    if metrics["degenerate"]:
+        log.warning("run %s is degenerate: %s", out.name, metrics["degenerate"])
     _save(json.dumps(_finite(metrics), indent=2) + "\n", out / "metrics.json")
     M.plot_metrics(
         metrics.get("test", val),
@@ -487,11 +526,22 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
     }  # fmt: skip
     if "test_tuned" in metrics:
         record["test_tuned"] = M.summary(metrics["test_tuned"])
+        record["val_tuned"] = M.summary(metrics["val_tuned"])
+    record["degenerate"] = metrics["degenerate"]
     # one whole line, fsynced; re-running a finished run (same folder, config, cache) adds no second line
     key = ("run_dir", "config", "cache_fingerprint")
     same = lambda old: all(old.get(k) == record[k] for k in key)  # noqa: E731
     runio.append_record(out.parent / "results.jsonl", _finite(record), same)
+    tb.close(out)
+    if not keep_checkpoints:
+        drop_resume_state(out)
     return metrics | {"run_dir": str(out)}
+
+
+def drop_resume_state(out: Path) -> None:
+    """Remove a finished run's resume checkpoint (optimiser state, RNG, history); weights and logs stay."""
+    for name in RESUME_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 # ---- evaluation of a finished run --------------------------------------------------------------------
@@ -543,7 +593,7 @@ def load_weights(head, weights: Path) -> None:
         raise RunError(f"{weights}: not this run's head weights ({why})") from None
 
 
-def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None) -> dict:
+def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None, device="cpu") -> dict:
     """Metrics of run `run_dir`'s best head on `split` of its cache (or of `cache`, same fingerprint)."""
     from .cache import attrs_diff, open_cache
     from .errors import CacheMismatch
@@ -565,10 +615,10 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None)
             f"cache {c.url} has the attributes of run {run_dir}'s cache but other content (checksums "
             f"{c.content_digest()} vs {content}): it was re-extracted or repaired; evaluate on the original"
         )
-    head = load_head(run_dir, rec)
+    head = load_head(run_dir, rec, device)
     multi = bool(c.multi_label)
     data = D.load_split(c, split, views=cfg.test_views, limit=cfg.ram_limit)
-    probs = predict(head, data, multi)
+    probs = predict(head, data, multi, device=device)
     out = {"run": str(run_dir), "split": split, "clips": len(data), "class_names": c.class_names,
            "metrics": M.evaluate_probs(probs, data.targets(multi), multi)}  # fmt: skip
     if multi and "threshold" in (m := read_metrics(run_dir)):

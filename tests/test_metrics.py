@@ -79,4 +79,24 @@ def test_singlelabel_absent_class_and_ties():
     assert m["acc1"] == 1.0
     assert np.isnan(m["per_class"]["acc"][1])
     assert m["mean_class_acc"] == 1.0
-    assert metrics.main_metric(False) == "acc1" and metrics.main_metric(True) == "macro_f1"
+    assert metrics.main_metric(False) == "acc1" and metrics.main_metric(True) == "mAP"
+
+
+def test_selection_is_threshold_free_and_nan_ranks_last():
+    """A head whose scores never reach 0.5 but rank the positives first: F1@0.5 = 0, mAP = 1."""
+    target = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+    probs = np.where(target == 1, 0.4, 0.1)
+    m = metrics.multilabel_metrics(probs, target)
+    assert m["macro_f1"] == 0.0 and m["mAP"] == 1.0
+    assert metrics.selection_score(m, True) == 1.0
+    assert metrics.selection_score({"mAP": float("nan")}, True) == -np.inf
+    assert metrics.tune_threshold(probs, target) in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
+
+
+def test_degenerate_predictions():
+    never = np.full((3, 2), 0.2)
+    assert metrics.degenerate(never, True) == "no label predicted at threshold 0.50"
+    assert metrics.degenerate(never, True, 0.1).startswith("the same labels for every clip")
+    assert metrics.degenerate(np.array([[0.6, 0.1], [0.1, 0.6]]), True) == ""
+    assert metrics.degenerate(np.array([[0.6, 0.4], [0.7, 0.3]]), False) == "class 0 for every clip"
+    assert metrics.degenerate(np.array([[0.6, 0.4], [0.3, 0.7]]), False) == ""

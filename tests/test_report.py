@@ -12,11 +12,17 @@ from stecache import report
 
 
 def _rec(head, depth, seed, test, val=None, *, backbone="vmae", dataset="synth", multi=False, lr=1e-3):
-    metric = {"acc1": test}
-    if multi:
-        metric = {"macro_f1": test, "macro_recall": test - 0.1, "macro_precision": test + 0.1}
+    metric, tuned = {"acc1": test}, None
+    if multi:  # headline F1 at the val-tuned threshold = test; F1@0.5 = test - 0.2; mAP = test + 0.05
+        tuned = {
+            "macro_f1": test,
+            "macro_recall": test - 0.1,
+            "macro_precision": test + 0.1,
+            "threshold": 0.3,
+        }
+        metric = {"macro_f1": test - 0.2, "mAP": test + 0.05}
     vmetric = {k: (val if val is not None else v) for k, v in metric.items()}
-    return {
+    rec = {
         "run": f"{head}{depth}-{seed}-{lr}",
         "head": head,
         "depth": depth,
@@ -29,6 +35,9 @@ def _rec(head, depth, seed, test, val=None, *, backbone="vmae", dataset="synth",
         "val": vmetric,
         "test": metric,
     }
+    if tuned:
+        rec["test_tuned"] = tuned
+    return rec
 
 
 def _write(tmp_path, recs):
@@ -84,11 +93,14 @@ def test_tables_ii_iii_multi_label_columns(tmp_path):
     assert names == ["Table I: classifier heads × backbones", "Table II: STEb and patch_base_classifier",
                      "Table III: STE_head depth"]  # fmt: skip
     t2, t3 = ts[1], ts[2]
-    assert t2.cols == ["F1", "recall", "precision"]
+    assert t2.cols == ["F1", "F1@0.5", "mAP", "recall", "precision"]  # F1 at the val-tuned threshold leads
     # patch_base_classifier row falls back to ste depth 0 when no "patch" runs exist
     assert t2.cells[1][0].mean == pytest.approx(t3.cells[0][0].mean)
-    assert t3.cells[1][2].mean == pytest.approx(0.71 + 0.1)  # precision = f1 + 0.1 in the fixture
-    assert "F1" in ts[0].cols[0]
+    assert t3.cells[1][0].mean == pytest.approx(0.71)  # val-tuned F1
+    assert t3.cells[1][1].mean == pytest.approx(0.51)  # F1@0.5 beside it
+    assert t3.cells[1][4].mean == pytest.approx(0.71 + 0.1)  # precision = f1 + 0.1 in the fixture
+    assert "F1" in ts[0].cols[0] and ts[0].cells[0][0].mean == pytest.approx(0.51)
+    assert "val-tuned threshold" in ts[0].note
 
 
 def test_bold_only_beyond_the_spread():
@@ -187,3 +199,71 @@ def test_correlation_maps_of_a_cache_and_a_run(tmp_path):
     run = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
     text = report.correlation_maps(run, tmp_path / "fig", max_clips=5)
     assert "after ste d1 blocks" in text and text.count("mean off-diagonal") == 2
+
+
+# ---- any grid, Table I+, degenerate runs, figures, HTML ------------------------------------------------
+
+
+def test_report_of_any_grid_shows_every_configuration(tmp_path):
+    """A user's `--heads ste:1-2 --set lr=...` grid: no named table fits, every (depth, lr) is a row."""
+    recs = [
+        _rec("ste", d, s, 0.5 + 0.1 * d + lr, lr=lr) for d in (1, 2) for s in range(2) for lr in (0.01, 0.02)
+    ]
+    grid = report.grid_tables(recs)
+    assert len(grid) == 1
+    g = grid[0]
+    assert g.rows == ["ste d1 lr=0.01", "ste d1 lr=0.02", "ste d2 lr=0.01", "ste d2 lr=0.02"]
+    assert g.used == len(recs) == 8 and g.cells[3][0].mean == pytest.approx(0.72) and g.cells[3][0].n == 2
+    md = report.write_report(_write(tmp_path, recs), tmp_path / "rep", plots=False).read_text()
+    assert "ste d2 lr=0.02" in md and "Uses 8 runs." in md and "Table I:" not in md
+
+
+def test_table_i_plus_puts_the_probes_beside_table_i():
+    recs = _full()
+    for h, d, v in (("linear", 0, 0.40), ("attentive", 1, 0.58), ("vjepa2", 4, 0.61), ("ep", 0, 0.55)):
+        recs += [_rec(h, d, s, v + 0.01 * s) for s in range(3)]
+    ts = report.tables(recs)
+    assert [t.title.split(":")[0] for t in ts] == ["Table I", "Table I+", "Table II", "Table III"]
+    tp = ts[1]
+    assert [r.split(" + ")[1] for r in tp.rows] == ["meanFC", "Tr_head d1", "STE_head d1", "linear probe",
+                                                   "attentive d1", "V-JEPA 2 attentive d4", "EP"]  # fmt: skip
+    assert tp.cells[5][0].mean == pytest.approx(0.62) and tp.cells[6][0].mean == pytest.approx(0.56)
+    assert tp.used == 21
+    assert tp.cells[:3] == ts[0].cells  # the same cells as Table I
+
+
+def test_degenerate_runs_are_flagged_in_cells_csv_and_console(tmp_path):
+    from click.testing import CliRunner
+
+    from stecache.cli import cli
+
+    recs = _full(multi=True)
+    for r in recs:
+        if r["head"] == "stemean" and r["seed"] < 2:
+            r["degenerate"] = "no label predicted at threshold 0.50"
+    t2 = report.tables(recs)[1]
+    cell = t2.cells[2][0]
+    assert cell.degenerate == 2 and cell.fmt().endswith("†2/3")
+    res = CliRunner().invoke(cli, ["report", str(_write(tmp_path, recs)), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert "†2/3" in res.output and "### Degenerate runs" in res.output
+    assert res.output.count("stecache: warning: degenerate run stemean1-") == 2
+    rows = list(csv.DictReader(open(tmp_path / "r" / "table_ii.csv")))
+    assert [r["degenerate_runs"] for r in rows if r["row"] == "STEb+meanFC"][0] == "2"
+
+
+def test_figures_300_dpi_with_vector_twin_and_html_self_contained(tmp_path):
+    from PIL import Image
+
+    recs = _full(multi=True)
+    md = report.write_report(_write(tmp_path, recs), tmp_path / "rep", html=True)
+    for name in ("table_i", "table_ii", "table_iii", "table_iii_depth"):
+        png = tmp_path / "rep" / f"{name}.png"
+        dpi = Image.open(png).info["dpi"]
+        assert dpi[0] == pytest.approx(300, abs=1)
+        assert (tmp_path / "rep" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5  # every figure embedded
+    assert "http" not in page.replace("http-equiv", "") and "<script" not in page  # nothing external
+    assert "Table III: STE_head depth" in page and page.count("<details>") == len(recs)
+    assert md.exists()

@@ -80,6 +80,71 @@ def test_one_pass_equals_separate_train_runs(cache_url, tmp_path):
     assert len(losses) == 5
 
 
+def test_one_pass_of_the_probes_equals_separate_runs(tmp_path):
+    """linear (BatchNorm running stats), attentive, vjepa2 and ep trained side by side == alone."""
+    url = make_cache(tmp_path / "c16.zarr", multi_label=True, n=48)
+    jobs = sweep.plan([url], heads="linear,attentive:2,vjepa2,ep", seeds=[0], base=BASE)
+    sweep.run_sweep(jobs, tmp_path / "sweep", progress=False, echo=lambda s: None)
+    for j in jobs:
+        T.train(j.cfg, url, runs_root=tmp_path / "alone", progress=False)
+    a, b = _records(tmp_path / "sweep"), _records(tmp_path / "alone")
+    assert a.keys() == b.keys() and len(a) == 4
+    for run, ra in a.items():
+        assert ra["best_epoch"] == b[run]["best_epoch"]
+        assert ra["test"] == pytest.approx(b[run]["test"], abs=1e-6, nan_ok=True), run
+        wa = load_file(str(tmp_path / "sweep" / run / "best.safetensors"))
+        wb = load_file(str(tmp_path / "alone" / run / "best.safetensors"))
+        assert wa.keys() == wb.keys()
+        assert any("running_mean" in k for k in wa) == (ra["head"] in ("linear", "ep"))  # BN stats saved
+        for k in wb:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_run_names_say_cache_head_depth_swept_values_seed(cache_url, tmp_path):
+    jobs = sweep.plan([cache_url], heads="ste:1", seeds=[2], base=BASE, grid={"lr": [0.02, 0.05]})
+    names = [T.run_name(j.cfg, _cache(cache_url)) for j in jobs]
+    assert names[0].startswith("fake-toy-ste-d1-bs8-ep3-lr0.02-s2-") and "lr0.05-s2" in names[1]
+    cfg = T.TrainConfig(head="tr", depth=1, head_options={"pos": "none"})
+    assert T.run_name(cfg, _cache(cache_url)).startswith("fake-toy-tr-d1-posnone-s0-")
+
+
+def test_finished_runs_drop_resume_state_and_log_tensorboard(cache_url, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    jobs = sweep.plan([cache_url], heads="meanfc,linear", seeds=[0], base=BASE)
+    sweep.run_sweep(jobs, tmp_path / "a", progress=False, echo=lambda s: None)
+    sweep.run_sweep(jobs, tmp_path / "b", progress=False, echo=lambda s: None, keep_checkpoints=True)
+    for run in _records(tmp_path / "a"):
+        a, b = tmp_path / "a" / run / T.RESUME_FILE, tmp_path / "b" / run / T.RESUME_FILE
+        assert not a.exists() and b.exists()
+        assert (tmp_path / "a" / run / "best.safetensors").exists()
+        ev = EventAccumulator(str(tmp_path / "a" / run))
+        ev.Reload()
+        loss = [e.value for e in ev.Scalars("train/loss")]
+        log = [json.loads(x) for x in (tmp_path / "a" / run / "log.jsonl").read_text().splitlines()]
+        assert loss == pytest.approx([e["loss"] for e in log]) and len(loss) == BASE["epochs"]
+        assert [e.value for e in ev.Scalars("val/acc1")] == pytest.approx([e["val"]["acc1"] for e in log])
+
+
+def test_multilabel_selection_on_map_and_degenerate_runs_flagged(tmp_path):
+    """The best epoch is the val-mAP argmax (threshold-free); a head at a tiny lr barely moves from its init
+    (every clip gets the same labels) and is flagged in its record and on the console."""
+    url = make_cache(tmp_path / "m.zarr", multi_label=True, n=48)
+    jobs = sweep.plan([url], heads="patch", seeds=[0], base=BASE | {"epochs": 4}, grid={"lr": [1e-6, 0.02]})
+    lines = []
+    sweep.run_sweep(jobs, tmp_path / "r", progress=False, echo=lines.append)
+    recs = sorted(_records(tmp_path / "r").values(), key=lambda r: r["config"]["lr"])
+    for rec in recs:
+        log = [json.loads(x) for x in (tmp_path / "r" / rec["run"] / "log.jsonl").read_text().splitlines()]
+        assert rec["best_epoch"] == 1 + int(np.argmax([e["val"]["mAP"] for e in log]))
+        assert "macro_f1" in rec["test"] and "test_tuned" in rec  # F1@0.5 beside the val-tuned one
+    assert len({e["val"]["mAP"] for e in log}) > 1  # the learning run's mAP moves: a real choice
+    assert json.loads((tmp_path / "r" / rec["run"] / "metrics.json").read_text())["main_metric"] == "mAP"
+    assert recs[0]["degenerate"].startswith("the same labels for every clip") and recs[1]["degenerate"] == ""
+    assert sum("DEGENERATE: the same labels" in s for s in lines) == 1
+
+
 def test_memory_cap_changes_grouping_not_results(cache_url, tmp_path):
     jobs = sweep.plan([cache_url], heads="meanfc,ste:0-2", seeds=[0], base=BASE)
     lines_a, lines_b = [], []
@@ -131,7 +196,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(cache_url, tmp_path,
     sweep.run_sweep(jobs, out, memory="1K", progress=False, echo=lines.append)
     assert "1 already in" in lines[0]
     assert len(built) == 2 and all(T.run_name(c, _cache(cache_url)) != done_run for c in built)
-    assert any("from epoch 2" in s for s in lines)  # the interrupted head resumed from its last.pt
+    assert any("from epoch 2" in s for s in lines)  # the interrupted head resumed from its resume checkpoint
     assert (out / done_run / "metrics.json").stat().st_mtime_ns == stamp
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == 3  # every run recorded exactly once
@@ -212,6 +277,9 @@ def test_cli_ablate_and_report(cache_url, tmp_path):
     ]
     res = CliRunner().invoke(cli, args + ["--set", "lr=0.01,0.02"])
     assert res.exit_code == 0, res.output
+    assert f"cache {cache_url}: 12 runs" in res.output  # ablate says which cache it uses
+    page = (out / "report" / "report.html").read_text()  # per-class metrics and confusion from the runs
+    assert page.count("test confusion matrix") == 12 and "<th>acc</th>" in page and "&quot;lr&quot;" in page
     assert "12 runs, 0 already" in res.output and "in 1 pass(es)" in res.output
     assert len((out / "results.jsonl").read_text().splitlines()) == 12
     res = CliRunner().invoke(cli, ["report", str(out / "results.jsonl"), "--out", str(tmp_path / "rep")])
@@ -219,7 +287,7 @@ def test_cli_ablate_and_report(cache_url, tmp_path):
     assert "Table II" in res.output and (tmp_path / "rep" / "table_ii.csv").exists()
     assert "of 2 settings" in res.output  # lr chosen on val, said in the table's note
     bad = CliRunner().invoke(cli, ["ablate", cache_url, "--tables", "IV", "--out", str(out)])
-    assert bad.exit_code == 1 and "known tables are I, II, III" in bad.output
+    assert bad.exit_code == 1 and "known tables are I, I+, II, III" in bad.output
     bad = CliRunner().invoke(cli, ["report", str(tmp_path / "nope.jsonl")])
     assert bad.exit_code == 1 and "no such results file" in bad.output
 

@@ -65,9 +65,9 @@ def test_every_head_beats_chance(toy, tmp_path, head):
     assert m["test"]["acc1"] >= 0.7, m["test"]
     run = Path(m["run_dir"])
     files = ("config.json", "log.jsonl", "metrics.json", "best.safetensors", "last.safetensors")
-    files += (T.RESUME_FILE,)
     for name in (*files, "confusion.png"):
         assert (run / name).exists(), name
+    assert not [f for f in T.RESUME_FILES if (run / f).exists()]  # a finished run drops its resume state
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == list(range(1, 7))
     assert {"loss", "lr", "val", "seconds", "data_wait_seconds"} <= set(log[0])
@@ -154,7 +154,8 @@ def test_errors(toy, tmp_path):
 
 def test_folder_of_another_run_and_cache_mismatch(toy, tmp_path):
     out = tmp_path / "run"
-    T.train(T.TrainConfig(head="patch", depth=0, epochs=1), toy, out, progress=False)
+    T.train(T.TrainConfig(head="patch", depth=0, epochs=1), toy, out, progress=False, keep_checkpoints=True)
+    assert (out / T.RESUME_FILE).exists()
     with pytest.raises(TrainError, match=r"holds another run \(config keys \['epochs'\] differ\)"):
         T.train(T.TrainConfig(head="patch", depth=0, epochs=2), toy, out, progress=False)
     with pytest.raises(TrainError, match="no run to resume"):
@@ -221,7 +222,7 @@ def test_resume_after_sigkill_is_identical(toy, tmp_path):
     assert [(e["loss"], e["val"]) for e in _log(tmp_path / "killed")] == losses
 
 
-def test_cli_train_and_evaluate(toy, tmp_path):
+def test_cli_train_and_evaluate(toy, tmp_path, monkeypatch):
     from stecache.cli import HEAD_NAMES, cli
     from stecache.heads import HEADS
 
@@ -232,13 +233,21 @@ def test_cli_train_and_evaluate(toy, tmp_path):
     r = runner.invoke(cli, args)
     assert r.exit_code == 0, r.output
     assert "acc1" in r.output and "run folder" in r.output
-    r = runner.invoke(cli, ["evaluate", str(tmp_path / "cli"), "--split", "val"])
+    r = runner.invoke(cli, ["evaluate", str(tmp_path / "cli"), "--split", "val", "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert "split val (40 clips)" in r.output and "mean_class_acc" in r.output
     r = runner.invoke(
         cli, ["train-head", "--head", "tr", "--depth", "0", "--cache", toy, "--runs", str(tmp_path)]
     )
-    assert r.exit_code == 1 and r.output.count("\n") == 1 and "depth" in r.output
+    assert r.exit_code == 1 and r.output.count("\n") == 2 and "depth" in r.output
+    assert r.output.startswith(f"cache: {toy}\n")  # train-head says which cache it uses (stderr)
+    import stecache.extract
+
+    monkeypatch.setattr(stecache.extract, "last_cache", lambda: toy)  # no --cache: says which it picked
+    args = ["train-head", "--head", "meanfc", "--epochs", "1", "--runs", str(tmp_path), "--device", "cpu"]
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    assert f"no --cache: using {toy} (the cache `stecache extract` made last)" in r.output
     r = runner.invoke(cli, ["train-head", "--head", "bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
 
@@ -292,4 +301,15 @@ def test_rerunning_a_finished_run_records_it_once(toy, tmp_path):
     first = T.train(cfg, toy, runs_root=tmp_path, progress=False)
     again = T.train(cfg, toy, runs_root=tmp_path, progress=False)
     assert again["test"] == first["test"]
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_rerunning_a_finished_run_does_not_train_again(toy, tmp_path, monkeypatch):
+    """Its resume state is dropped when it finishes; the same command reports its metrics, no retraining."""
+    out = tmp_path / "run"
+    m = T.train(T.TrainConfig(head="meanfc", epochs=2), toy, out, progress=False)
+    log_before = (out / "log.jsonl").read_text()
+    monkeypatch.setattr(T, "make_optimizer", lambda *a: pytest.fail("a finished run was trained again"))
+    again = T.train(T.TrainConfig(head="meanfc", epochs=2), toy, out, progress=False)
+    assert again["test"] == m["test"] and (out / "log.jsonl").read_text() == log_before
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1

@@ -1,23 +1,23 @@
-"""Classifier heads over cached token maps: meanFC, Tr_head, STE_head and the paper's ablation variants.
+"""The paper's heads over cached token maps: meanFC, Tr_head, STE_head and the ablation variants.
 
 Every head maps features [B, n, c, h, w] to logits [B, K] and is built from the cache's feature shape:
 `build_head("ste", feature_shape=(8, 768, 14, 14), num_classes=26, depth=1)`. The math is eq. 1–4 of the
 paper (STEb, patch_base_classifier); where the paper is silent the transformer-standard choice is taken
 and exposed as a named option. STE blocks run a fused form by default (the temporal convs merged into one
-kernel with the identity terms folded in, channels-last layout); `fused=False, channels_last=False` is
+kernel with the identity terms folded in; channels-last layout on CUDA only — on CPU the merged kernel
+without it measured faster, 1.30× vs 1.16× over the literal form); `fused=False, channels_last=False` is
 the literal formulation, and tests prove the two equal. On CUDA, heads run under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import HeadConfigError
+from ..errors import HeadConfigError
 
 MAX_DEPTH = 32  # a sanity bound; the paper sweeps depth 0–4
 PATCH_TARGET = (2, 7, 7)  # default patch at the 8×14×14 grid: 4 temporal × 2×2 spatial = 16 patches
@@ -228,7 +228,9 @@ class STEHead(_Head):
     Options: `patch` (default: `default_patch(grid)`, (2, 7, 7) at 8×14×14 — 16 patches of 4 frames × a
     quadrant, local yet person-sized; smaller grids take the largest divisor ≤ (2, 7, 7) per axis), STEBlock
     options (`ti_kernels`, `se_kernel`, `mlp_ratio`, `mlp_norm`, `drop`, `drop_path`, `eps`, `fused`,
-    `fold_identity`), `channels_last` (run blocks in channels_last_3d), `init_std` (trunc_normal std);
+    `fold_identity`), `channels_last` (run blocks in channels_last_3d; default None = the layout measured
+    fastest on the input's device: contiguous on CPU (BENCHMARKS.md, Heads), channels-last on CUDA),
+    `init_std` (trunc_normal std);
     `dropout` is meanFC's and used by `stemean` only.
     """
 
@@ -238,7 +240,7 @@ class STEHead(_Head):
     def __init__(self, feature_shape, num_classes: int, depth: int = 1, patch=None, dropout: float = 0.5,
                  ti_kernels=(3, 5, 7), se_kernel: int = 3, mlp_ratio: float = 4.0, mlp_norm: bool = True,
                  drop: float = 0.0, drop_path: float = 0.0, eps: float = 1e-6, fused: bool = True,
-                 fold_identity: bool = True, channels_last: bool = True, init_std: float = 0.02,
+                 fold_identity: bool = True, channels_last: bool | None = None, init_std: float = 0.02,
                  autocast: bool = True):  # fmt: skip
         super().__init__()
         self._setup(feature_shape, num_classes, depth, autocast)
@@ -266,7 +268,8 @@ class STEHead(_Head):
     def features(self, x: torch.Tensor) -> torch.Tensor:  # [B, n, c, h, w] -> [B, c, n, h, w]
         x = x.transpose(1, 2)
         if self.blocks:
-            fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+            cl = x.is_cuda if self.channels_last is None else self.channels_last
+            fmt = torch.channels_last_3d if cl else torch.contiguous_format
             x = x.contiguous(memory_format=fmt)
         for block in self.blocks:
             x = block(x)
@@ -330,92 +333,3 @@ class TrHead(_Head):
         for block in self.blocks:
             t = block(t)
         return t.view(B, n, h, w, c).permute(0, 4, 1, 2, 3)
-
-
-HEADS: dict[str, type[_Head]] = {
-    "meanfc": MeanFCHead,
-    "tr": TrHead,
-    "ste": STEHead,
-    "stemean": STEMeanHead,
-    "patch": PatchHead,
-}
-
-
-def valid_depths(name: str) -> range:
-    """The depths head `name` accepts (meanfc/patch: 0 only; ste: 0–32; tr/stemean: 1–32)."""
-    if name not in HEADS:
-        raise HeadConfigError(f"unknown head {name!r}; choose one of {', '.join(sorted(HEADS))}")
-    return HEADS[name].depths
-
-
-def build_head(name: str, feature_shape, num_classes: int, depth: int | None = None, **options) -> _Head:
-    """Head `name` for features [B, n, c, h, w] of `feature_shape` = (n, c, h, w) and K = num_classes."""
-    depths = valid_depths(name)
-    cls = HEADS[name]
-    depth = inspect.signature(cls).parameters["depth"].default if depth is None else depth
-    if depth not in depths:
-        raise HeadConfigError(f"head {name!r} takes depth {depths.start}..{depths.stop - 1}, not {depth}")
-    shape = tuple(feature_shape)
-    if len(shape) != 4 or not all(isinstance(s, int) and s > 0 for s in shape):
-        raise HeadConfigError(f"feature_shape must be 4 positive ints (n, c, h, w), not {feature_shape!r}")
-    if not (isinstance(num_classes, int) and num_classes > 0):
-        raise HeadConfigError(f"num_classes must be a positive int, not {num_classes!r}")
-    allowed = set(inspect.signature(STEHead if cls is PatchHead else cls).parameters) - {
-        "feature_shape", "num_classes", "depth"
-    }  # fmt: skip
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise HeadConfigError(f"head {name!r} has no option {unknown}; options: {', '.join(sorted(allowed))}")
-    params = inspect.signature(STEHead if cls is PatchHead else cls).parameters
-    for key, value in options.items():
-        _check_option(name, key, value, params[key].default)
-    try:
-        return cls(shape, num_classes, depth, **options)
-    except (TypeError, ValueError) as e:  # a value of the right type that the module still rejects
-        raise HeadConfigError(f"head {name!r}: bad option value in {options} ({e})") from None
-
-
-def _check_option(head: str, key: str, value, default) -> None:
-    """Reject a head option whose type differs from its default's, or a rate outside [0, 1)."""
-    bad = f"head {head!r} option {key}={value!r}"
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise HeadConfigError(f"{bad}: must be true or false")
-    elif isinstance(default, (int, float)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise HeadConfigError(f"{bad}: must be a number")
-        if "drop" in key and not 0 <= value < 1:
-            raise HeadConfigError(f"{bad}: a rate must be in [0, 1)")
-        if "drop" not in key and value <= 0:
-            raise HeadConfigError(f"{bad}: must be > 0")
-
-
-def describe(feature_shape=(8, 768, 14, 14), num_classes: int = 26, depths=range(5)) -> list[dict]:
-    """Parameter count and forward GFLOP per clip of every head × valid depth (built on the meta device)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    rows = []
-    for name in HEADS:
-        for depth in (d for d in depths if d in valid_depths(name)):
-            with torch.device("meta"):
-                head = build_head(name, feature_shape, num_classes, depth).eval()
-                x = torch.empty(1, *feature_shape)
-            with FlopCounterMode(display=False) as counter, torch.no_grad():
-                head(x)
-            params = sum(p.numel() for p in head.parameters())
-            rows.append(dict(head=name, depth=depth, params=params, gflops=counter.get_total_flops() / 1e9))
-    return rows
-
-
-def describe_table(feature_shape=(8, 768, 14, 14), num_classes: int = 26, depths=range(5)) -> str:
-    """`describe` as a markdown table: one row per head, parameters (fwd GFLOP/clip) per depth."""
-    rows = describe(feature_shape, num_classes, depths)
-    cell = {(r["head"], r["depth"]): f"{r['params']:,} ({r['gflops']:.3g})" for r in rows}
-    lines = [
-        f"features (n, c, h, w) = {tuple(feature_shape)}, K = {num_classes}: parameters (forward GFLOP/clip)",
-        "",
-        "| head | " + " | ".join(f"depth {d}" for d in depths) + " |",
-        "|---|" + "---:|" * len(depths),
-    ]
-    lines += [f"| {h} | " + " | ".join(cell.get((h, d), "–") for d in depths) + " |" for h in HEADS]
-    return "\n".join(lines)
