@@ -65,8 +65,6 @@ def model_of(pred: Predictor, head_only: bool) -> nn.Module:
 
 def preprocess_spec(pred: Predictor) -> dict:
     """Machine-readable preprocessing: video file -> the exact [V, 3, T, S, S] input (see preprocess.py)."""
-    from .video import HEADER_SLACK
-
     s, p = pred.sampling, pred.preprocess
     sampling = {"rule": s.rule, "clip_len": s.clip_len, "num_clips": s.num_clips, "test_mode": True}
     if s.rule == "dense":
@@ -96,7 +94,8 @@ def preprocess_spec(pred: Predictor) -> dict:
             "stream": "first video stream, decoded from the start; frame i = i-th decoded frame",
             "pixels": "RGB uint8 (frame.to_rgb())",
             "frame_count": "the stream header's frame count, else the number of non-empty packets",
-            "header_slack": HEADER_SLACK,  # decoded < header: resample from decoded if within this share
+            "short_stream": "fewer frames decode than the header says: sample again from the decoded count",
+            "size_changes": "frames whose size changes mid-stream are resized run by run",
         },
         "sampling": sampling,
         "resize": {

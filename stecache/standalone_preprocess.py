@@ -96,21 +96,21 @@ def decode(path: str | Path, indices: np.ndarray) -> tuple[dict[int, np.ndarray]
     return got, i + 1
 
 
-def sampled_frames(path: str | Path, spec: dict) -> np.ndarray:
-    """uint8 RGB frames [num_clips * clip_len, H, W, 3] in sampling order.
+def sampled_frames(path: str | Path, spec: dict) -> list[np.ndarray]:
+    """uint8 RGB frames, num_clips * clip_len of [H, W, 3], in sampling order.
 
-    A stream that decodes to fewer frames than its header says (by at most `header_slack` of the count,
-    common with variable frame rates) is sampled again from the frames that do decode.
+    A stream that decodes to fewer frames than its header says (a header that over-counts, a file cut
+    short) is sampled again from the frames that do decode.
     """
     total = count_frames(path)
     inds = frame_indices(spec["sampling"], total).reshape(-1)
     got, decoded = decode(path, inds)
     if decoded <= inds.max():
-        if decoded < total * (1 - spec["decode"]["header_slack"]) or decoded == 0:
-            raise ValueError(f"{path}: stream ended after {decoded} frames of {total} (truncated?)")
+        if decoded == 0:
+            raise ValueError(f"{path}: no frame decodes")
         inds = frame_indices(spec["sampling"], decoded).reshape(-1)
         got, decoded = decode(path, inds)
-    return np.stack([got[k] for k in inds.tolist()])
+    return [got[k] for k in inds.tolist()]
 
 
 # ---- resize, crop, normalise -----------------------------------------------------------------------------
@@ -165,23 +165,34 @@ def crop_boxes(h: int, w: int, size: int, kind: str) -> list[tuple[int, int]]:
     return [(0, left), (2 * step, left), (step, left)]
 
 
-def to_views(frames: np.ndarray, spec: dict) -> np.ndarray:
-    """uint8 RGB frames [num_clips * T, H, W, 3] -> normalised float32 views [V, 3, T, S, S]."""
+def _crops(x: np.ndarray, spec: dict) -> np.ndarray:
+    """float32 frames of one size [M, H, W, 3] -> normalised crops [crops, M, S, S, 3]."""
     r, c, n = spec["resize"], spec["crop"], spec["normalize"]
-    x = frames.astype(np.float32)
     h, w = x.shape[1:3]
-    if r["mode"] == "squash":
-        size = (c["size"], c["size"])
-    else:
-        size = resized_size(h, w, r["short_side"])
+    size = (c["size"], c["size"]) if r["mode"] == "squash" else resized_size(h, w, r["short_side"])
     if size != (h, w):
         x = resize_bilinear(x, size)
     boxes = [(0, 0)] if c["kind"] == "none" else crop_boxes(*size, c["size"], c["kind"])
     s = c["size"]
     crops = np.stack([x[:, t : t + s, left : left + s] for t, left in boxes])  # [crops, M, S, S, 3]
     mean, std = np.asarray(n["mean"], np.float32), np.asarray(n["std"], np.float32)
-    crops = (crops - mean) / std
-    clips = spec["sampling"]["num_clips"]
+    return (crops - mean) / std
+
+
+def to_views(frames: list[np.ndarray], spec: dict) -> np.ndarray:
+    """uint8 RGB frames (num_clips * T of [H, W, 3]) -> normalised float32 views [V, 3, T, S, S].
+
+    Frames whose size changes mid-stream are resized run by run, each from its own size.
+    """
+    runs, k = [], 0
+    while k < len(frames):
+        j = k
+        while j < len(frames) and frames[j].shape == frames[k].shape:
+            j += 1
+        runs.append(_crops(np.stack(frames[k:j]).astype(np.float32), spec))
+        k = j
+    crops = np.concatenate(runs, axis=1)  # [crops, M, S, S, 3]
+    s, clips = spec["crop"]["size"], spec["sampling"]["num_clips"]
     k, m = crops.shape[:2]
     crops = crops.reshape(k, clips, m // clips, s, s, 3)  # [crops, clips, T, S, S, 3]
     views = crops.transpose(0, 1, 5, 2, 3, 4).reshape(k * clips, 3, m // clips, s, s)
