@@ -334,7 +334,12 @@ def _split_files(ctx, param, values: tuple[str, ...]) -> dict[str, Path]:
     help="Class names file (with --annotations) [default: 0..K-1].",
 )
 @click.option("--cache", "cache_url", help="Output zarr path or URL [default: work/cache-<backbone>.zarr].")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per forward.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    help="Views per forward (= clips without --test-views/--train-views) [default: the fastest of a few"
+    " sizes, timed on the first clips].",
+)
 @click.option("--workers", type=click.IntRange(0), help="Decoding processes [default: min(2, cpus)].")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--test-views", is_flag=True, help="Store the backbone's test protocol views (clips x crops).")
@@ -422,6 +427,10 @@ def extract(
         f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s"
         + (f"; per rank {'+'.join(map(str, s['per_rank']))}" if len(s["per_rank"]) > 1 else "")
     )
+    if s["batch"]:
+        b = s["batch"]
+        timed = "".join(f"; {k}: {v:g} ms/view" for k, v in b["per_view_ms"].items())
+        click.echo(f"forward batch {b['batch_size']} views ({b['chosen']}{timed})")
     for clip_id, err in s["failed"]:
         click.echo(f"  failed {clip_id}: {err}")
 

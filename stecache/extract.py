@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .annotations import Clip, Dataset, read_annotations, read_classes
+from .batching import BatchChooser, launch
 from .cache import DEFAULT_CODEC, Cache, create_cache, lock, open_cache
 from .config import Config
 from .errors import ExtractionFailed, StecacheError
@@ -39,7 +40,7 @@ AUG_RATIO = (3 / 4, 4 / 3)  # and its aspect-ratio range; horizontal flip with p
 class ExtractConfig(Config):
     """How to extract; everything that changes the features is recorded in the cache's provenance."""
 
-    batch_size: int = 8  # clips per forward pass (each with all its views)
+    batch_size: int | None = None  # views per forward pass; None = chosen by timing candidates (BatchChooser)
     workers: int | None = None  # decoding processes; None = min(2, cpus), 0 = decode in the main process
     dtype: str = "float16"  # stored dtype: float16 | float32 (compute is always float32 on CPU)
     test_views: bool = False  # the backbone's multi-view test protocol (clips x crops) instead of 1 view
@@ -269,7 +270,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
         mine = [s for i, s in enumerate(cache.shards()) if i % world == rank]
         done = cache.done
         before = int(done.sum())
-        extracted, failed = _run(cache, mine, done, dataset, backbone, views, cfg, device, rank)
+        extracted, failed, batch = _run(cache, mine, done, dataset, backbone, views, cfg, device, rank)
         per_rank = [extracted]
         if world > 1:
             import torch.distributed as dist
@@ -290,6 +291,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
         "failed": failed,
         "seconds": round(seconds, 3),
         "clips_per_s": round(extracted / seconds, 3) if seconds else None,
+        "batch": batch,  # this rank's forward batch: size, how chosen, per-view ms of the timed sizes
     }
     if failed and not cfg.allow_failures:
         first = "\n  ".join(f"{cid}: {err}" for cid, err in failed[:5])
@@ -302,12 +304,19 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world) -> dict
 
 
 def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tuple[int, list]:
-    """Decode, forward and write this rank's shards; returns (clips extracted, [(clip_id, error)])."""
+    """Decode, forward and write this rank's shards; returns (clips extracted, [(clip_id, error)]).
+
+    Decoded clips are cut into views; forwards take `size` views at a time (the views of one clip may be
+    split across two forwards, and a forward may span two shards). A shard is written once every one of its
+    rows is resolved (all views stored, or failed). While the batch size is being chosen each forward is
+    timed synchronously; afterwards the device output of forward k is collected only after forward k+1 has
+    been queued, so on a GPU the host never waits for the device in the loop.
+    """
     from tqdm import tqdm
 
     todo = [r for a, b in shards for r in range(a, b) if not done[r]]
     if not todo:
-        return 0, []
+        return 0, [], None
     workers = min(2, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
     reader = _Reader(Path(dataset.root), dataset.clips, todo, views)
     loader = torch.utils.data.DataLoader(
@@ -318,65 +327,103 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None,
     )
-    last_of_shard = {max(r for r in range(a, b) if not done[r]) for a, b in shards if not done[a:b].all()}
     shard_of = {r: (a, b) for a, b in shards for r in range(a, b)}
+    unresolved = {}  # shard start -> todo rows of the shard not yet stored or failed
+    for r in todo:
+        unresolved[shard_of[r][0]] = unresolved.get(shard_of[r][0], 0) + 1
     v_shape = (views.count, *cache.feature_shape)
+    chooser = BatchChooser(device, forced=cfg.batch_size)
     writer = _Writer(cache)
     bar = tqdm(total=len(todo), unit="clip", disable=(None if cfg.progress and rank == 0 else True))
-    buf: dict = {}
-    pending: list[tuple[int, torch.Tensor]] = []
-    extracted, failed = 0, []
+    bufs: dict = {}  # shard start -> {"feats" [S, V, n, c, h, w], "ok", "errors"}
+    left: dict = {}  # row -> views still to store
+    pending: list[tuple[int, int, torch.Tensor]] = []  # (row, view, [3, T, H, W]) awaiting a forward
+    inflight = None  # the last forward's (items, output future) not yet collected
+    state = {"extracted": 0}
+    failed: list = []
+
+    def resolve(row: int) -> None:
+        a, b = shard_of[row]
+        unresolved[a] -= 1
+        if not unresolved[a]:
+            buf = bufs.pop(a)
+            feats = buf["feats"]
+            writer.put(a, feats[:, 0], feats[:, 1:] if views.count > 1 else None, buf["ok"], buf["errors"])
+
+    def collect(job, y=None) -> None:
+        items, ready = job
+        y = ready.result() if y is None else y  # [B, n, c, h, w] float32 on the host
+        for (row, v, _), feats in zip(items, y, strict=True):
+            a = shard_of[row][0]
+            bufs[a]["feats"][row - a, v] = feats
+            left[row] -= 1
+            if not left[row]:
+                bufs[a]["ok"][row - a] = True
+                state["extracted"] += 1
+                resolve(row)
+
+    def step(final: bool = False) -> None:
+        nonlocal inflight, pending
+        while pending and (len(pending) >= chooser.size or final):
+            size = chooser.size
+            items, pending = pending[:size], pending[size:]
+            if chooser.measuring:
+                if inflight is not None:
+                    collect(inflight)
+                    inflight = None
+                t = time.perf_counter()  # the forward alone, host copy included; not the bookkeeping
+                job = (items, launch(backbone, items, v_shape, device))
+                y = job[1].result()
+                chooser.record(len(items), time.perf_counter() - t)
+                collect(job, y)
+            else:
+                job = (items, launch(backbone, items, v_shape, device))
+                if inflight is not None:
+                    collect(inflight)
+                inflight = job
+
     try:
         for row, x, err in loader:
             a, b = shard_of[row]
-            if not buf:  # a new shard: start from what is stored (rows done earlier stay as they are)
-                buf = {
-                    "feats": np.zeros((b - a, *v_shape), dtype=cache.dtype),  # [S, V, n, c, h, w]
+            if a not in bufs:  # a new shard: start from what is stored (rows done earlier stay as they are)
+                bufs[a] = {
+                    "feats": np.zeros((b - a, *v_shape), dtype=cache.dtype),
                     "ok": done[a:b].copy(),
                     "errors": ["" for _ in range(b - a)],
                 }
-                if buf["ok"].any():
-                    buf["feats"][:] = cache.read_views(slice(a, b))
+                if bufs[a]["ok"].any():
+                    bufs[a]["feats"][:] = cache.read_views(slice(a, b))
             if err:
-                buf["errors"][row - a] = err
+                bufs[a]["errors"][row - a] = err
                 failed.append((dataset.clips[row].clip_id, err))
+                resolve(row)
             else:
-                pending.append((row, x))
-            if len(pending) == cfg.batch_size or row in last_of_shard:
-                extracted += _forward(backbone, pending, buf, a, v_shape, device)
-                pending = []
-            if row in last_of_shard:
-                feats = buf["feats"]  # [S, V, n, c, h, w]
-                extra = feats[:, 1:] if views.count > 1 else None
-                writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"])
-                buf = {}
+                left[row] = len(x)
+                pending += [(row, v, x[v]) for v in range(len(x))]
+            step()
             bar.update(1)
-    except KeyboardInterrupt:  # Ctrl-C: also keep the clips of the unfinished shard already computed
-        if buf:
+        step(final=True)
+        if inflight is not None:
+            collect(inflight)
+            inflight = None
+    except KeyboardInterrupt:  # Ctrl-C: also keep the clips of the unfinished shards already computed
+        if inflight is not None:
+            collect(inflight)
+        for a, buf in bufs.items():
             feats = buf["feats"]
             writer.put(a, feats[:, 0], feats[:, 1:] if views.count > 1 else None, buf["ok"], buf["errors"])
         raise
     finally:  # also on Ctrl-C or errors: shards already complete are still stored
         bar.close()
         writer.close()
-    return extracted, failed
+    _record_batch(cache, chooser, device, rank)
+    return state["extracted"], failed, chooser.provenance(device)
 
 
-def _forward(backbone, pending, buf, start, v_shape, device) -> int:
-    """Run one batch of clips (all views) and put the features into the shard buffer."""
-    if not pending:
-        return 0
-    x = torch.stack([t for _, t in pending])  # [B, V, 3, T, H, W]
-    b, v = x.shape[:2]
-    with torch.inference_mode():
-        y = backbone(x.flatten(0, 1).to(device))  # [B*V, n, c, h, w]
-    if tuple(y.shape[1:]) != v_shape[1:]:
-        raise StecacheError(f"{backbone.name}: output {tuple(y.shape[1:])} != expected {v_shape[1:]}")
-    y = y.float().cpu().numpy().reshape(b, v, *v_shape[1:])
-    for (row, _), feats in zip(pending, y, strict=True):
-        buf["feats"][row - start] = feats
-        buf["ok"][row - start] = True
-    return b
+def _record_batch(cache, chooser: BatchChooser, device, rank: int) -> None:
+    """Note the forward batch of this run in the cache's (unfingerprinted) `extraction` attribute."""
+    if rank == 0:
+        cache.group.attrs["extraction"] = chooser.provenance(device)
 
 
 # ---- datasets from annotation files ----------------------------------------------------------------------
