@@ -52,6 +52,7 @@ def launch(backbone, items, v_shape, device) -> Ready:
 # Candidate forward batches (views per forward), smallest first: this CPU wants small ones (a ViT-B
 # batch of 8 × 1,568 tokens falls out of cache), GPUs large ones.
 CANDIDATES = {"cpu": (1, 2, 4, 8, 16), "cuda": (4, 8, 16, 32, 64, 128, 256)}
+SHARE = 16  # a candidate is tried only if the job has at least SHARE x its size views (small jobs: few)
 SLOWER = 1.05  # stop growing the batch once a size is this much slower per view than the best so far
 
 
@@ -62,17 +63,22 @@ class BatchChooser:
     increasing order until one is more than SLOWER x the best per-view time so far twice in a row (noise
     only ever slows a forward down, so the minimum of two is the measurement) or the candidates run out;
     the best two sizes are then timed until each has two forwards, and the lower minimum wins. Every
-    measured forward is a real one: its features are kept. A forced size (`--batch-size`) skips all of it.
+    measured forward is a real one: its features are kept. A forced size (`--batch-size`) skips all of it;
+    so does a small job (`total` views): a trial size must fit SHARE times into it, so measuring never costs
+    more than a small share of the work.
     """
 
-    def __init__(self, device: torch.device, forced: int | None = None, candidates=None):
+    def __init__(self, device, forced: int | None = None, candidates=None, total: int | None = None):
         self.forced = forced
-        self.candidates = tuple(candidates or CANDIDATES.get(torch.device(device).type, CANDIDATES["cuda"]))
+        cands = tuple(candidates or CANDIDATES.get(torch.device(device).type, CANDIDATES["cuda"]))
+        if total is not None:  # a trial size may take at most 1/SHARE of the job's views
+            cands = cands[:1] + tuple(c for c in cands[1:] if c * SHARE <= total)
+        self.candidates = cands
         self.times: dict[int, list[float]] = {}  # size -> seconds per view of each timed forward
-        self.phase = "done" if forced else "warmup"  # warmup -> scan -> confirm -> done
+        self.phase = "done" if forced or len(cands) == 1 else "warmup"  # warmup -> scan -> confirm -> done
         self.i = 0  # scan position in candidates
         self.confirm: list[int] = []
-        self.chosen: int | None = forced
+        self.chosen: int | None = forced or (cands[0] if len(cands) == 1 else None)
 
     @property
     def measuring(self) -> bool:
@@ -119,7 +125,13 @@ class BatchChooser:
         size = self.chosen if self.chosen is not None else (self.best() if self.times else self.size)
         return {
             "batch_size": size,
-            "chosen": "--batch-size" if self.forced else "measured" if self.chosen else "data ran out first",
+            "chosen": "--batch-size"
+            if self.forced
+            else "measured"
+            if self.times and self.chosen
+            else "smallest (few clips)"
+            if self.chosen
+            else "data ran out first",
             "device": str(device),
             "per_view_ms": {str(s): round(1e3 * min(t), 3) for s, t in sorted(self.times.items())},
         }

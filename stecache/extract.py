@@ -332,7 +332,7 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
     for r in todo:
         unresolved[shard_of[r][0]] = unresolved.get(shard_of[r][0], 0) + 1
     v_shape = (views.count, *cache.feature_shape)
-    chooser = BatchChooser(device, forced=cfg.batch_size)
+    chooser = BatchChooser(device, forced=cfg.batch_size, total=len(todo) * views.count)
     writer = _Writer(cache)
     bar = tqdm(total=len(todo), unit="clip", disable=(None if cfg.progress and rank == 0 else True))
     bufs: dict = {}  # shard start -> {"feats" [S, V, n, c, h, w], "ok", "errors"}
