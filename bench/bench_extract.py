@@ -200,8 +200,8 @@ Peak RSS while extracting (pooling encoder with `[8, 384, 7, 7]` output = 301 KB
 {rss_rows}
 
 Memory is bounded by one or two shard buffers (a forward may span two shards), the writer queue (2 shards)
-and the loader's prefetch, not by N; the step between the smallest runs is warm-up (the writer queue filling, allocator arenas), after which it
-stays flat (a separate run: 377 MB at 300 clips, 384 MB at 2,000).
+and the loader's prefetch, not by N; the step between the smallest runs is warm-up (the writer queue
+filling, allocator arenas), after which it stays flat (a separate run: 377 MB at 300 clips, 384 MB at 2,000).
 """
     write_section("Extraction: overlap, naive loop, bytes per clip, memory", body)
 
