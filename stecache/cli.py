@@ -236,8 +236,11 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
               help="Runs root (holds results.jsonl).")  # fmt: skip
 @click.option("--resume/--no-resume", default=None,
               help="Resume the run's checkpoint [default: if its config matches] / start over.")  # fmt: skip
+@click.option("--resident", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Keep the training features in GPU memory (auto: on CUDA when they fit in half the free"
+                   " memory); results do not depend on it.")  # fmt: skip
 def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warmup_epochs, weight_decay,
-               no_balance, options, ram_limit, out, name, runs, resume):  # fmt: skip
+               no_balance, options, ram_limit, out, name, runs, resume, resident):  # fmt: skip
     """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
     import logging
 
@@ -250,7 +253,7 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
                       data_seed=data_seed, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                       weight_decay=weight_decay, balanced=not no_balance, ram_limit=ram_limit)  # fmt: skip
     out = out or (runs / name if name else None)
-    metrics = train(cfg, cache or _default_cache(), out, runs_root=runs, resume=resume)
+    metrics = train(cfg, cache or _default_cache(), out, runs_root=runs, resume=resume, resident=resident)
     if metrics:  # rank 0 only
         split = "test" if "test" in metrics else "val"
         res = {"run": metrics["run_dir"], "split": split, "clips": metrics[f"{split}_clips"],

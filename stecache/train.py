@@ -153,11 +153,13 @@ def make_optimizer(head, cfg: TrainConfig) -> torch.optim.Optimizer:
     )  # fmt: skip
 
 
-def epoch_batches(split: D.SplitData, cfg: TrainConfig, epoch: int, weights) -> Iterator:
-    """This epoch's (positions, features [b, 1, n, c, h, w]) batches, prepared in a background thread."""
+def epoch_batches(split: D.SplitData, cfg: TrainConfig, epoch: int, weights, device=None) -> Iterator:
+    """This epoch's (positions, features [b, 1, n, c, h, w]) batches, prepared in a background thread
+    (for a CUDA `device` as page-locked host tensors, copied without blocking)."""
     order = D.epoch_rows(len(split), cfg.batch_seed, epoch, weights)
     views = D.epoch_views(len(split), split.views, cfg.batch_seed, epoch)
-    return D.prefetch(D.batches(split, order, cfg.batch_size, views, cfg.batch_seed + epoch))
+    it = D.batches(split, order, cfg.batch_size, views, cfg.batch_seed + epoch)
+    return D.prefetch(D.pinned(it) if device is not None and torch.device(device).type == "cuda" else it)
 
 
 def save_epoch(out: Path, head, opt, rng, epoch: int, best: float, best_epoch: int, history: list) -> None:
@@ -216,11 +218,13 @@ def train(
     runs_root: str | Path = "runs",
     resume: bool | None = None,
     progress: bool = True,
+    resident: str = "auto",
 ) -> dict:
     """Train `cfg` on the cache at `cache_url` into `out_dir` (default runs_root/run_name); metrics dict.
 
     resume=None: resume when the folder holds a checkpoint of the same config and cache; True: must
-    resume; False: start over.
+    resume; False: start over. resident: keep the training split's features in device memory
+    (data.make_resident: "auto" = on CUDA when it fits, "on", "off"); results do not depend on it.
     """
     from tqdm import tqdm
 
@@ -236,6 +240,7 @@ def train(
     limit = cfg.ram_limit
     train_split = D.load_split(cache, "train", views=cfg.train_views, limit=limit)
     _check_classes(cache, train_split)
+    D.make_resident(train_split, device, resident)
     val_split = D.load_split(cache, "val", views=cfg.test_views, limit=limit)
     if world > 1 and cfg.batch_size % world:
         raise TrainError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
@@ -246,7 +251,7 @@ def train(
     if rank == 0:
         write_run_config(out, cfg, cache, failed, world)
 
-    targets = torch.from_numpy(train_split.targets(multi))
+    targets = torch.from_numpy(train_split.targets(multi)).to(device)  # moved once
     weights = D.sample_weights(train_split.labels) if cfg.balanced else None
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     opt = make_optimizer(head, cfg)
@@ -260,7 +265,8 @@ def train(
 
     for epoch in range(start, cfg.epochs):
         t0, wait, loss_sum = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)
-        it = epoch_batches(train_split, cfg, epoch, weights)
+        loss_dev = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync a step
+        it = epoch_batches(train_split, cfg, epoch, weights, device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress and rank == 0 else True)  # fmt: skip
         head.train()
@@ -272,15 +278,18 @@ def train(
             for g in opt.param_groups:
                 g["lr"] = lr
             mine = slice(rank, None, world)
-            xb, yb = D.to_tensor(x[mine, 0], device), targets[pos[mine]].to(device)
+            xb, yb = D.to_tensor(x[mine, 0], device), targets[torch.as_tensor(pos[mine]).to(device)]
             loss = loss_fn(model(xb), yb, multi)
             # mean over the GLOBAL batch; DDP averages gradients over ranks, hence × world
             (loss * world / len(pos)).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loss_sum += torch.tensor([loss.item(), len(pos[mine])], dtype=torch.float64)
+            loss_dev += loss.detach()
+            loss_sum[1] += len(pos[mine])
             bar.update()
-            bar.set_postfix(loss=f"{loss.item() / max(1, len(pos[mine])):.4f}")
+            if bar.disable is False and i % 50 == 49:  # the bar's loss: one host sync per 50 steps
+                bar.set_postfix(loss=f"{loss_dev.item() / float(loss_sum[1]):.4f}")
+        loss_sum[0] = loss_dev.item()
         bar.close()
         train_seconds = time.perf_counter() - t0
         if world > 1:
