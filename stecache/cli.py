@@ -343,7 +343,8 @@ def _split_files(ctx, param, values: tuple[str, ...]) -> dict[str, Path]:
     help="Views per forward (= clips without --test-views/--train-views) [default: the fastest of a few"
     " sizes, timed on the first clips].",
 )
-@click.option("--workers", type=click.IntRange(0), help="Decoding processes [default: min(2, cpus)].")
+@click.option("--workers", type=click.IntRange(0),
+              help="Decoding processes [default: min(2, cpus) on CPU, cpus-2 (<= 16) on GPU].")  # fmt: skip
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--test-views", is_flag=True, help="Store the backbone's test protocol views (clips x crops).")
 @click.option(

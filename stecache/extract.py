@@ -41,7 +41,7 @@ class ExtractConfig(Config):
     """How to extract; everything that changes the features is recorded in the cache's provenance."""
 
     batch_size: int | None = None  # views per forward pass; None = chosen by timing candidates (BatchChooser)
-    workers: int | None = None  # decoding processes; None = min(2, cpus), 0 = decode in the main process
+    workers: int | None = None  # decoding processes; None = min(2, cpus) on CPU, cpus - 2 on GPU; 0 = main
     dtype: str = "float16"  # stored dtype: float16 | float32 (compute is always float32 on CPU)
     test_views: bool = False  # the backbone's multi-view test protocol (clips x crops) instead of 1 view
     train_views: int = 0  # K extra augmented views per clip (random sampling, crop, flip)
@@ -183,7 +183,9 @@ def _dist() -> tuple[int, int, bool]:
         return 0, 1, False
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # STECACHE_DIST_BACKEND=gloo: several ranks on one GPU (NCCL refuses that), e.g. in bench/gpu.py
+    backend = os.environ.get("STECACHE_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size(), True
 
 
@@ -317,7 +319,11 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
     todo = [r for a, b in shards for r in range(a, b) if not done[r]]
     if not todo:
         return 0, [], None
-    workers = min(2, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
+    cpus = os.cpu_count() or 1
+    if cfg.workers is not None:
+        workers = cfg.workers
+    else:  # on CPU the forward needs the cores; on a GPU machine decoding has them (two left for the rest)
+        workers = min(2, cpus) if device.type == "cpu" else max(1, min(16, cpus - 2))
     reader = _Reader(Path(dataset.root), dataset.clips, todo, views)
     loader = torch.utils.data.DataLoader(
         reader,

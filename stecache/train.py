@@ -103,7 +103,8 @@ def _dist() -> tuple[int, int]:
     """(rank, world size); initialises torch.distributed when launched by torchrun with >1 process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = os.environ.get("STECACHE_DIST_BACKEND")  # gloo: several ranks on one GPU (bench/gpu.py)
+        torch.distributed.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
