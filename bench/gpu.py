@@ -366,7 +366,12 @@ def stages() -> dict:
 
 
 def run(
-    device: str, out: Path, budget: float, only: list[str] | None = None, sizes: dict | None = None
+    device: str,
+    out: Path,
+    budget: float,
+    only: list[str] | None = None,
+    sizes: dict | None = None,
+    synth_dir: Path | None = None,
 ) -> dict:
     """Every stage that fits in `budget` seconds; returns (and writes) the results."""
     t0 = time.monotonic()
@@ -376,7 +381,7 @@ def run(
     unknown = sorted(set(sizes or {}) - set(SIZES[device.type]))
     if unknown:
         raise SystemExit(f"--set {unknown}: known sizes are {', '.join(SIZES[device.type])}")
-    ctx = Ctx(device, {**SIZES[device.type], **(sizes or {})}, tmp, t0 + budget)
+    ctx = Ctx(device, {**SIZES[device.type], **(sizes or {})}, tmp, t0 + budget, synth=synth_dir)
     scale = 1.0 if ctx.cuda else 0.1
     res = {
         "device": torch.cuda.get_device_name(device) if ctx.cuda else "cpu",
@@ -465,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "work/bench-gpu"))
     p.add_argument("--budget", type=float, default=480.0, help="seconds for everything (default 480)")
     p.add_argument("--only", nargs="*", help=f"stages to run (default all: {', '.join(NEEDS)})")
+    p.add_argument("--synth", type=Path, help="an existing `stecache synth` folder [default: make one]")
     p.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=JSON", help="override a size, e.g. extract_clips=500"
     )
@@ -478,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         write_section(TITLE, render(json.loads(a.merge.read_text())))
         return 0
     sizes = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in a.set)}
-    res = run(a.device, a.out, a.budget, a.only, sizes)
+    res = run(a.device, a.out, a.budget, a.only, sizes, a.synth)
     print(render(res))
     bad = [k for k, v in res["stages"].items() if "error" in v]
     return 1 if bad else 0

@@ -23,8 +23,18 @@ def _ok(stage: dict) -> list[bool]:
     return [v["ok"] for v in stage.values() if isinstance(v, dict) and "ok" in v]
 
 
-def test_gpu_script_runs_on_cpu(tmp_path, monkeypatch):
-    assert gpu.main([*FAST, "--out", str(tmp_path), "--only", "backbones", "heads", "extract", "train"]) == 0
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread is far faster than two fighting threads."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_gpu_script_runs_on_cpu(tmp_path, monkeypatch, synth_dir):
+    stages = ["--only", "backbones", "heads", "extract", "train"]
+    assert gpu.main([*FAST, "--out", str(tmp_path), "--synth", str(synth_dir), *stages]) == 0
     res = json.loads((tmp_path / "gpu.json").read_text())
     st = res["stages"]
     assert set(st) == {"backbones", "heads", "extract", "train"} and res["device"] == "cpu"
@@ -52,8 +62,9 @@ def test_budget_runs_out_cleanly(tmp_path):
 
 
 @pytest.mark.slow  # four CLI processes (two under torchrun) and the sweep: ~1-3 min on this machine
-def test_gpu_script_distributed_and_sweep_on_cpu(tmp_path):
-    assert gpu.main([*FAST, "--out", str(tmp_path), "--only", "dist_extract", "dist_train", "sweep"]) == 0
+def test_gpu_script_distributed_and_sweep_on_cpu(tmp_path, synth_dir):
+    stages = ["--only", "dist_extract", "dist_train", "sweep"]
+    assert gpu.main([*FAST, "--out", str(tmp_path), "--synth", str(synth_dir), *stages]) == 0
     st = json.loads((tmp_path / "gpu.json").read_text())["stages"]
     assert st["dist_extract"]["ok"] and st["dist_extract"]["bit_equal"]
     assert st["dist_train"]["ok"] and st["dist_train"]["weights_max_abs"] <= 1e-4
@@ -69,7 +80,6 @@ def toy(tmp_path_factory) -> str:
 
 def test_resident_training_equals_host_training(toy, tmp_path):
     """`--resident on` (features moved to the device once, batches gathered there) changes nothing."""
-    torch.set_num_threads(1)
     cfg = T.TrainConfig(head="stemean", depth=1, epochs=2, batch_size=8, lr=0.05)  # dropout: RNG in play
     T.train(cfg, toy, tmp_path / "host", progress=False, resident="off")
     T.train(cfg, toy, tmp_path / "resident", progress=False, resident="on")
