@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 WORK    ?= work
 
-.PHONY: install test test-fast lint demo ablation bench clean
+.PHONY: install test test-fast lint demo ablation bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -45,6 +45,14 @@ ablation: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# GPU proof + timings in one budgeted process (bench/README.md): on a lent GPU machine, with .whl/ carried
+# there (torch is in its image, zarr/PyAV come from the wheels); here, GPU_ARGS="--device cpu" runs it small.
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+bench-gpu:
+	@$(GPU_PY) -c "import zarr, av" 2>/dev/null || \
+		$(GPU_PY) -m pip install --quiet --no-index --no-deps --target .whl/site .whl/*.whl
+	PYTHONPATH=$(CURDIR)/.whl/site:$(CURDIR) $(GPU_PY) -m bench.gpu $(GPU_ARGS)
 
 clean:
 	rm -rf $(VENV) $(WORK) runs reports
