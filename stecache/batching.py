@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 class Ready:
-    """The host copy of a forward's output, available once the device has finished (see _launch)."""
+    """The host copy of a forward's output, available once the device has finished (see launch)."""
 
     def __init__(self, y: torch.Tensor, event=None):
         self.y, self.event = y, event
@@ -29,23 +29,29 @@ class Ready:
         return self.y.numpy()
 
 
-def launch(backbone, items, v_shape, device) -> Ready:
-    """Queue one forward of the views `items`; on CUDA the input goes through pinned memory and both copies
-    are non-blocking, so this returns before the device is done."""
-    x = torch.stack([t for _, _, t in items])  # [B, 3, T, H, W]
+def launch(backbone, items, v_shape, device, dtype: str = "float32") -> Ready:
+    """Queue one forward of the views `items` (row, view, [3, T, H, W]).
+
+    CPU: the float32 output (the cache rounds it to its dtype). CUDA: the views are stacked straight into
+    page-locked memory, both copies are non-blocking and the output is rounded to the cache's `dtype` on
+    the device (the same round-to-nearest as on the host, half the bytes back), so this returns before the
+    device is done; Ready.result() waits for it.
+    """
     cuda = device.type == "cuda"
-    if cuda:
-        x = x.pin_memory().to(device, non_blocking=True)
+    first = items[0][2]
+    x = torch.empty((len(items), *first.shape), dtype=first.dtype, pin_memory=cuda)  # [B, 3, T, H, W]
+    torch.stack([t for _, _, t in items], out=x)
     with torch.inference_mode():
-        y = backbone(x.to(device))  # [B, n, c, h, w]
+        y = backbone(x.to(device, non_blocking=cuda))  # [B, n, c, h, w]
     if tuple(y.shape[1:]) != v_shape[1:]:
         raise StecacheError(f"{backbone.name}: output {tuple(y.shape[1:])} != expected {v_shape[1:]}")
     if not cuda:
         return Ready(y.float().cpu())
-    host = torch.empty(y.shape, dtype=torch.float32, pin_memory=True)
-    host.copy_(y.float(), non_blocking=True)
+    y = y.to(getattr(torch, dtype))
+    host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+    host.copy_(y, non_blocking=True)
     event = torch.cuda.Event()
-    event.record()
+    event.record(torch.cuda.current_stream(device))
     return Ready(host, event)
 
 

@@ -378,12 +378,12 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
                     collect(inflight)
                     inflight = None
                 t = time.perf_counter()  # the forward alone, host copy included; not the bookkeeping
-                job = (items, launch(backbone, items, v_shape, device))
+                job = (items, launch(backbone, items, v_shape, device, cache.dtype))
                 y = job[1].result()
                 chooser.record(len(items), time.perf_counter() - t)
                 collect(job, y)
             else:
-                job = (items, launch(backbone, items, v_shape, device))
+                job = (items, launch(backbone, items, v_shape, device, cache.dtype))
                 if inflight is not None:
                     collect(inflight)
                 inflight = job
