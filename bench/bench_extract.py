@@ -148,8 +148,11 @@ def main(
     rounds: int = 3,
     rss_clips: tuple[int, ...] = (100, 300, 1000),
     base_clips: int = BASE_CLIPS,
+    fwd_sizes: tuple[int, ...] = (1, 2, 4, 8),
+    base_sizes: tuple[int, ...] = (1, 2),
 ) -> None:
-    """~2 min for tiny/small plus ~3 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out."""
+    """~2 min for tiny/small plus ~3 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out.
+    ViT-B runs first; the section is rewritten after every row, so a cut-short run still leaves numbers."""
     import os
 
     from stecache.backbones import load
@@ -158,21 +161,31 @@ def main(
     full = synth_data(Path("work/bench/synth"))
     ds = dataclasses.replace(full, clips=full.clips[:n_clips])
     load0 = os.getloadavg()
-    rows = []
-    for name, backbone in (
-        ("videomaev2-tiny", load("videomaev2-tiny")),
-        ("videomaev2 small", small_encoder()),
-    ):
-        rows.append(compare(name, backbone, ds, tmp, rounds)[0])
+    rows: dict[str, str] = {}
+    todo = []
     if base_clips:
         base_ds = dataclasses.replace(full, clips=full.clips[:base_clips])
         name = f"videomaev2 (ViT-B, 16×224², {base_clips} clips, 2 rounds)"
-        rows.append(compare(name, load("videomaev2"), base_ds, tmp, 2, sizes=(1, 2))[0])
+        todo.append(("base", lambda: compare(name, load("videomaev2"), base_ds, tmp, 2, base_sizes)[0]))
+    todo += [
+        ("tiny", lambda: compare("videomaev2-tiny", load("videomaev2-tiny"), ds, tmp, rounds, fwd_sizes)[0]),
+        ("small", lambda: compare("videomaev2 small", small_encoder(), ds, tmp, rounds, fwd_sizes)[0]),
+    ]
+    rss: dict = {}
+    for key, fn in todo:
+        rows[key] = fn()
+        _write(rows, rss, n_clips, rounds, base_clips, load0, os.getloadavg())
     load1 = os.getloadavg()
     rss = {n: peak_rss(full.root, n, tmp) for n in rss_clips}
     shutil.rmtree(tmp, ignore_errors=True)
-    rss_rows = "\n".join(
-        f"| {n} | {r['self']:.0f} | {r['children']:.0f} | {r['s']:.0f} |" for n, r in rss.items()
+    _write(rows, rss, n_clips, rounds, base_clips, load0, load1)
+
+
+def _write(rows: dict, rss: dict, n_clips, rounds, base_clips, load0, load1) -> None:
+    table = "\n".join(rows[k] for k in ("tiny", "small", "base") if k in rows)
+    rss_rows = (
+        "\n".join(f"| {n} | {r['self']:.0f} | {r['children']:.0f} | {r['s']:.0f} |" for n, r in rss.items())
+        or "| (not measured yet) | | | |"
     )
     body = f"""
 {n_clips} synthetic clips per run (ViT-B: {base_clips}), medians of {rounds} interleaved rounds (A B C A B C
@@ -187,7 +200,7 @@ into the job, so a short job like the ViT-B row here runs at the smallest size w
 cache vs naive .npy.
 
 {HEADER}
-{chr(10).join(rows)}
+{table}
 
 On this 2-core CPU the decoding workers and the forward pass share the same two cores, so decoding can only
 hide behind compute when the forward pass dominates (small, ViT-B); the tiny config is decode-bound by
