@@ -1,7 +1,7 @@
 """Stage-one extraction: does decoding and writing hide behind the forward pass, and how does it compare
 with the per-clip loop popular extractors use?
 
-Interleaved in one run (A B C A B C ...), on the synthetic videos, for the tiny VideoMAEv2 config and a
+Interleaved in one run (A B C, B C A, C A B, ...), on the synthetic videos, for the tiny VideoMAEv2 config and a
 small one (384 wide, 6 blocks, 16x112²) and ViT-B (VideoMAEv2-B, 16x224², random weights, a handful of
 clips): (A) forward only, on clips decoded beforehand, at several batch sizes; (B) `extract()` into a
 fresh cache (2 decoding workers, forward batch chosen by measurement, fp16); (C) a naive loop that decodes,
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from bench.bench_cache import small_encoder, synth_data
-from bench.common import interleave, machine_line, median, write_section
+from bench.common import machine_line, matmul_gflops, median, write_section
 
 N_CLIPS = 64  # enough that worker start-up does not dominate the end-to-end time
 BASE_CLIPS = 8  # ViT-B: ~2.5 s/clip here, so a handful of clips and 2 rounds
@@ -53,6 +53,21 @@ def forward_only(backbone, clips: torch.Tensor, batch: int = 8) -> None:
             backbone(clips[i : i + batch])
 
 
+def rotated(variants: dict, rounds: int) -> dict:
+    """Like common.interleave (no warm-up: every round is timed), but round r starts at variant r: when the
+    machine's load drifts during a round, no variant is always the one that runs last."""
+    names = list(variants)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    times["_canary_gflops"] = []
+    for r in range(rounds):
+        times["_canary_gflops"].append(matmul_gflops())
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
 def compare(name: str, backbone, ds, tmp: Path, rounds: int, sizes=(1, 2, 4, 8)) -> tuple[str, dict]:
     """One table row: forward-only at its best batch of `sizes`, stecache (batch chosen by measurement)
     and naive clips/s, their ratios, bytes per clip."""
@@ -73,11 +88,7 @@ def compare(name: str, backbone, ds, tmp: Path, rounds: int, sizes=(1, 2, 4, 8))
         naive(ds, backbone, tmp / "npy")
 
     fwd_variants = {f"forward{b}": (lambda b=b: forward_only(backbone, clips, b)) for b in sizes}
-    times = interleave(
-        {**fwd_variants, "stecache": run_extract, "naive": run_naive},
-        rounds=rounds,
-        warmup=0,  # the clips were just decoded (warm page cache); every round is timed
-    )
+    times = rotated({**fwd_variants, "stecache": run_extract, "naive": run_naive}, rounds)
     n = len(ds.clips)
     best = min(sizes, key=lambda b: median(times[f"forward{b}"]))
     fwd, ste, nai = (n / median(times[k]) for k in (f"forward{best}", "stecache", "naive"))
@@ -150,6 +161,7 @@ def main(
     base_clips: int = BASE_CLIPS,
     fwd_sizes: tuple[int, ...] = (1, 2, 4, 8),
     base_sizes: tuple[int, ...] = (1, 2),
+    base_rounds: int = 2,
 ) -> None:
     """~2 min for tiny/small plus ~3 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out.
     ViT-B runs first; the section is rewritten after every row, so a cut-short run still leaves numbers."""
@@ -165,8 +177,8 @@ def main(
     todo = []
     if base_clips:
         base_ds = dataclasses.replace(full, clips=full.clips[:base_clips])
-        name = f"videomaev2 (ViT-B, 16×224², {base_clips} clips, 2 rounds)"
-        todo.append(("base", lambda: compare(name, load("videomaev2"), base_ds, tmp, 2, base_sizes)[0]))
+        name = f"videomaev2 (ViT-B, 16×224², {base_clips} clips, {base_rounds} rounds)"
+        todo.append(("base", lambda: compare(name, load("videomaev2"), base_ds, tmp, base_rounds, base_sizes)[0]))
     todo += [
         ("tiny", lambda: compare("videomaev2-tiny", load("videomaev2-tiny"), ds, tmp, rounds, fwd_sizes)[0]),
         ("small", lambda: compare("videomaev2 small", small_encoder(), ds, tmp, rounds, fwd_sizes)[0]),
@@ -188,7 +200,7 @@ def _write(rows: dict, rss: dict, n_clips, rounds, base_clips, load0, load1) -> 
         or "| (not measured yet) | | | |"
     )
     body = f"""
-{n_clips} synthetic clips per run (ViT-B: {base_clips}), medians of {rounds} interleaved rounds (A B C A B C
+{n_clips} synthetic clips per run (ViT-B: {base_clips}), medians of {rounds} interleaved rounds (A B C, B C A,
 ...); {machine_line()}; load average {load0[0]:.1f} before, {load1[0]:.1f} after the timed rows (2 cores:
 above ~2 other jobs were competing). The CPU is shared with other jobs, so absolute numbers are noisy (see the
 canary, fp32 matmul GFLOP/s; ~170 when idle); the ratios are medians of per-round ratios (same round, so
