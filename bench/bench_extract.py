@@ -1,8 +1,8 @@
 """Stage-one extraction: does decoding and writing hide behind the forward pass, and how does it compare
 with the per-clip loop popular extractors use?
 
-Interleaved in one run (A B C, B C A, C A B, ...), on the synthetic videos, for the tiny VideoMAEv2 config and a
-small one (384 wide, 6 blocks, 16x112²) and ViT-B (VideoMAEv2-B, 16x224², random weights, a handful of
+Interleaved in one run (A B C, B C A, C A B, ...), on the synthetic videos, for the tiny VideoMAEv2 config
+and a small one (384 wide, 6 blocks, 16x112²) and ViT-B (VideoMAEv2-B, 16x224², random weights, a handful of
 clips): (A) forward only, on clips decoded beforehand, at several batch sizes; (B) `extract()` into a
 fresh cache (2 decoding workers, forward batch chosen by measurement, fp16); (C) a naive loop that decodes,
 preprocesses, runs the model and `np.save`s fp32 one clip at a time. Then peak RSS of extracting 1,000
@@ -178,7 +178,8 @@ def main(
     if base_clips:
         base_ds = dataclasses.replace(full, clips=full.clips[:base_clips])
         name = f"videomaev2 (ViT-B, 16×224², {base_clips} clips, {base_rounds} rounds)"
-        todo.append(("base", lambda: compare(name, load("videomaev2"), base_ds, tmp, base_rounds, base_sizes)[0]))
+        vit_b = lambda: compare(name, load("videomaev2"), base_ds, tmp, base_rounds, base_sizes)[0]  # noqa: E731
+        todo.append(("base", vit_b))
     todo += [
         ("tiny", lambda: compare("videomaev2-tiny", load("videomaev2-tiny"), ds, tmp, rounds, fwd_sizes)[0]),
         ("small", lambda: compare("videomaev2 small", small_encoder(), ds, tmp, rounds, fwd_sizes)[0]),
