@@ -218,6 +218,9 @@ cache vs naive .npy.
 On this 2-core CPU the decoding workers and the forward pass share the same two cores, so decoding can only
 hide behind compute when the forward pass dominates (small, ViT-B); the tiny config is decode-bound by
 design. On a GPU machine the forward runs on the GPU and decoding on otherwise idle cores.
+The forward batch is chosen per run: rows show the size(s) picked in each round. Ratios above 1 against
+*forward* are noise: this run shared the CPU with other engineers' jobs (canary 26–66 GFLOP/s instead of
+~170), so only per-round ratios are meaningful, and only roughly.
 
 Peak RSS while extracting (pooling encoder with `[8, 384, 7, 7]` output = 301 KB/clip fp16, videos reused):
 
@@ -227,7 +230,8 @@ Peak RSS while extracting (pooling encoder with `[8, 384, 7, 7]` output = 301 KB
 
 Memory is bounded by one or two shard buffers (a forward may span two shards), the writer queue (2 shards)
 and the loader's prefetch, not by N; the step between the smallest runs is warm-up (the writer queue
-filling, allocator arenas), after which it stays flat (a separate run: 377 MB at 300 clips, 384 MB at 2,000).
+filling, allocator arenas), after which it grows only towards that bound (a separate run: 400, 440, 449,
+487 MB at 100, 300, 1,000, 2,000 clips; before forwards could span shards: 377 MB at 300, 384 MB at 2,000).
 """
     write_section("Extraction: overlap, naive loop, bytes per clip, memory", body)
 
