@@ -27,7 +27,7 @@ from bench.bench_cache import small_encoder, synth_data
 from bench.common import machine_line, matmul_gflops, median, write_section
 
 N_CLIPS = 64  # enough that worker start-up does not dominate the end-to-end time
-BASE_CLIPS = 8  # ViT-B: ~2.5 s/clip here, so a handful of clips and 2 rounds
+BASE_CLIPS = 8  # ViT-B: ~2.5 s/clip here, so a handful of clips and 3 rounds
 HEADER = (
     "| backbone | output | forward clips/s (best batch; per batch) | stecache clips/s (chosen batch) |"
     " naive clips/s | stecache ÷ forward | stecache ÷ naive | bytes/clip cache / npy | canary (range) |"
@@ -161,7 +161,7 @@ def main(
     base_clips: int = BASE_CLIPS,
     fwd_sizes: tuple[int, ...] = (1, 2, 4, 8),
     base_sizes: tuple[int, ...] = (1, 2),
-    base_rounds: int = 2,
+    base_rounds: int = 3,
 ) -> None:
     """~2 min for tiny/small plus ~3 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out.
     ViT-B runs first; the section is rewritten after every row, so a cut-short run still leaves numbers."""
@@ -207,7 +207,7 @@ above ~2 other jobs were competing). The CPU is shared with other jobs, so absol
 canary, fp32 matmul GFLOP/s; ~170 when idle); the ratios are medians of per-round ratios (same round, so
 the machine's phase changes cancel). *forward* = backbone alone on pre-decoded clips, at each batch listed,
 the best one's median in front; *stecache* = `extract()` end to end (2 decoding workers, fp16 cache, the
-forward batch chosen by measurement on the first clips — `BatchChooser`; a trial size must fit 16 times
+forward batch chosen by measurement on the first clips — `BatchChooser`; a trial size must fit 8 times
 into the job, so a short job like the ViT-B row here runs at the smallest size without trials);
 *naive* = decode + preprocess + forward + `np.save` fp32, one clip at a time. Bytes are per clip on disk,
 cache vs naive .npy.
