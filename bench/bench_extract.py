@@ -218,9 +218,10 @@ cache vs naive .npy.
 On this 2-core CPU the decoding workers and the forward pass share the same two cores, so decoding can only
 hide behind compute when the forward pass dominates (small, ViT-B); the tiny config is decode-bound by
 design. On a GPU machine the forward runs on the GPU and decoding on otherwise idle cores.
-The forward batch is chosen per run: rows show the size(s) picked in each round. Ratios above 1 against
-*forward* are noise: this run shared the CPU with other engineers' jobs (canary 26–66 GFLOP/s instead of
-~170), so only per-round ratios are meaningful, and only roughly.
+The forward batch is chosen per run: rows show the size(s) picked in each round. A wide canary range in a
+row means the machine's load changed during that row (other jobs on the same 2 cores); its ratios are then
+unreliable, even per round (ratios above 1 against *forward*, or medians and per-round ratios that
+disagree, are such noise).
 
 Peak RSS while extracting (pooling encoder with `[8, 384, 7, 7]` output = 301 KB/clip fp16, videos reused):
 
