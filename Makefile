@@ -12,7 +12,7 @@ WORK    ?= work
 VENV_TIMM ?= .venv-timm
 TIMM_STAMP := $(VENV_TIMM)/.installed
 
-.PHONY: install test test-fast test-timm lint demo ablation bench clean distclean
+.PHONY: install test test-fast test-timm lint demo ablation bench bench-gpu clean distclean
 
 install: $(STAMP)
 
@@ -67,6 +67,14 @@ ablation: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# GPU proof + timings in one budgeted process (bench/README.md): on a lent GPU machine, with .whl/ carried
+# there (torch is in its image, zarr/PyAV come from the wheels); here, GPU_ARGS="--device cpu" runs it small.
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+bench-gpu:
+	@$(GPU_PY) -c "import zarr, av" 2>/dev/null || \
+		$(GPU_PY) -m pip install --quiet --no-index --no-deps --target .whl/site .whl/*.whl
+	PYTHONPATH=$(CURDIR)/.whl/site:$(CURDIR) $(GPU_PY) -m bench.gpu $(GPU_ARGS)
 
 # clean: what the demo, ablation and tests wrote (keeps .venv); distclean: also the .venv (~1.6 GB).
 clean:

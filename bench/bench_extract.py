@@ -1,11 +1,12 @@
 """Stage-one extraction: does decoding and writing hide behind the forward pass, and how does it compare
 with the per-clip loop popular extractors use?
 
-Interleaved in one run (A B C A B C ...), on the synthetic videos, for the tiny VideoMAEv2 config and a
-small one (384 wide, 6 blocks, 16x112²): (A) forward only, on clips decoded beforehand; (B) `extract()`
-into a fresh cache (2 decoding workers, batch 8, fp16); (C) a naive loop that decodes, preprocesses, runs
-the model and `np.save`s fp32 one clip at a time. Then peak RSS of extracting 1,000 vs 100 clips (a cheap
-pooling encoder, videos reused) in a subprocess. Run: `python -m bench extract`.
+Interleaved in one run (A B C, B C A, C A B, ...), on the synthetic videos, for the tiny VideoMAEv2 config
+and a small one (384 wide, 6 blocks, 16x112²) and ViT-B (VideoMAEv2-B, 16x224², random weights, a handful of
+clips): (A) forward only, on clips decoded beforehand, at several batch sizes; (B) `extract()` into a
+fresh cache (2 decoding workers, forward batch chosen by measurement, fp16); (C) a naive loop that decodes,
+preprocesses, runs the model and `np.save`s fp32 one clip at a time. Then peak RSS of extracting 1,000
+vs 100 clips (a cheap pooling encoder, videos reused) in a subprocess. Run: `python -m bench extract`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,14 @@ import numpy as np
 import torch
 
 from bench.bench_cache import small_encoder, synth_data
-from bench.common import interleave, machine_line, median, write_section
+from bench.common import machine_line, matmul_gflops, median, write_section
 
 N_CLIPS = 64  # enough that worker start-up does not dominate the end-to-end time
-BASE_NOTE = {
-    False: "ViT-B (2.3 s/clip here) is left out of the default run to keep it short (`main(base_clips=4)`).",
-    True: "ViT-B (random weights: speed does not depend on them) ran on fewer clips, 2 rounds.",
-}
+BASE_CLIPS = 8  # ViT-B: ~2.5 s/clip here, so a handful of clips and 3 rounds
 HEADER = (
-    "| backbone | output | forward clips/s | stecache clips/s | naive clips/s | stecache ÷ forward |"
-    " stecache ÷ naive | bytes/clip cache / npy | canary |\n|---|---|---|---|---|---|---|---|---|"
+    "| backbone | output | forward clips/s (best batch; per batch) | stecache clips/s (chosen batch) |"
+    " naive clips/s | stecache ÷ forward | stecache ÷ naive | bytes/clip cache / npy | canary (range) |"
+    "\n|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -54,38 +53,59 @@ def forward_only(backbone, clips: torch.Tensor, batch: int = 8) -> None:
             backbone(clips[i : i + batch])
 
 
-def compare(name: str, backbone, ds, tmp: Path, rounds: int) -> tuple[str, dict]:
-    """One table row: forward-only, stecache and naive clips/s, their ratios, bytes per clip."""
+def rotated(variants: dict, rounds: int) -> dict:
+    """Like common.interleave (no warm-up: every round is timed), but round r starts at variant r: when the
+    machine's load drifts during a round, no variant is always the one that runs last."""
+    names = list(variants)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    times["_canary_gflops"] = []
+    for r in range(rounds):
+        times["_canary_gflops"].append(matmul_gflops())
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def compare(name: str, backbone, ds, tmp: Path, rounds: int, sizes=(1, 2, 4, 8)) -> tuple[str, dict]:
+    """One table row: forward-only at its best batch of `sizes`, stecache (batch chosen by measurement)
+    and naive clips/s, their ratios, bytes per clip."""
     from stecache.cache import open_cache
     from stecache.extract import ExtractConfig, extract
     from stecache.video import load_clip
 
     clips = torch.cat([load_clip(ds.root / c.path, backbone.sampling, backbone.preprocess) for c in ds.clips])
-    cfg = ExtractConfig(workers=2, batch_size=8, progress=False)
+    cfg = ExtractConfig(workers=2, batch_size=None, progress=False)
+    chosen = []
 
     def run_extract():
         shutil.rmtree(tmp / "c.zarr", ignore_errors=True)
-        extract(ds, tmp / "c.zarr", backbone, cfg=cfg)
+        chosen.append(extract(ds, tmp / "c.zarr", backbone, cfg=cfg)["batch"]["batch_size"])
 
     def run_naive():
         shutil.rmtree(tmp / "npy", ignore_errors=True)
         naive(ds, backbone, tmp / "npy")
 
-    times = interleave(
-        {"forward": lambda: forward_only(backbone, clips), "stecache": run_extract, "naive": run_naive},
-        rounds=rounds,
-        warmup=0,  # the clips were just decoded (warm page cache); every round is timed
-    )
+    fwd_variants = {f"forward{b}": (lambda b=b: forward_only(backbone, clips, b)) for b in sizes}
+    times = rotated({**fwd_variants, "stecache": run_extract, "naive": run_naive}, rounds)
     n = len(ds.clips)
-    fwd, ste, nai = (n / median(times[k]) for k in ("forward", "stecache", "naive"))
+    best = min(sizes, key=lambda b: median(times[f"forward{b}"]))
+    fwd, ste, nai = (n / median(times[k]) for k in (f"forward{best}", "stecache", "naive"))
+    # per round, the same round's variants: the ratios cancel the machine's phase changes
+    r_fwd = median([t_f / t_s for t_f, t_s in zip(times[f"forward{best}"], times["stecache"], strict=True)])
+    r_nai = median([t_n / t_s for t_n, t_s in zip(times["naive"], times["stecache"], strict=True)])
     cache_bytes = open_cache(tmp / "c.zarr").nbytes_on_disk() / n
     npy_bytes = sum(f.stat().st_size for f in (tmp / "npy").iterdir()) / n
+    fwd_all = ", ".join(f"{b}: {n / median(times[f'forward{b}']):.3g}" for b in sizes)
     row = (
-        f"| {name} | {tuple(backbone.grid)} × {backbone.channels} | {fwd:.3g} | {ste:.3g} | {nai:.3g} | "
-        f"**{ste / fwd:.2f}** | **{ste / nai:.2f}×** | {cache_bytes:,.0f} / {npy_bytes:,.0f} = "
-        f"**{cache_bytes / npy_bytes:.3f}** | {median(times['_canary_gflops']):.0f} |"
+        f"| {name} | {tuple(backbone.grid)} × {backbone.channels} | {fwd:.3g} (b {best}; {fwd_all}) | "
+        f"{ste:.3g} (b {'/'.join(map(str, sorted(set(chosen))))}) | {nai:.3g} | "
+        f"**{r_fwd:.2f}** | **{r_nai:.2f}×** | {cache_bytes:,.0f} / {npy_bytes:,.0f} = "
+        f"**{cache_bytes / npy_bytes:.3f}** | {median(times['_canary_gflops']):.0f} "
+        f"({min(times['_canary_gflops']):.0f}–{max(times['_canary_gflops']):.0f}) |"
     )
-    return row, {"fwd": fwd, "stecache": ste, "naive": nai}
+    return row, {"fwd": fwd, "stecache": ste, "naive": nai, "chosen": chosen, "times": times}
 
 
 RSS_SCRIPT = r"""
@@ -138,45 +158,70 @@ def main(
     n_clips: int = N_CLIPS,
     rounds: int = 3,
     rss_clips: tuple[int, ...] = (100, 300, 1000),
-    base_clips: int = 0,
+    base_clips: int = BASE_CLIPS,
+    fwd_sizes: tuple[int, ...] = (1, 2, 4, 8),
+    base_sizes: tuple[int, ...] = (1, 2),
+    base_rounds: int = 3,
 ) -> None:
-    """The default run takes ~2 min on an idle machine; base_clips > 0 adds ViT-B (~2.3 s/clip/variant)."""
+    """~2 min for tiny/small plus ~3 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out.
+    ViT-B runs first; the section is rewritten after every row, so a cut-short run still leaves numbers."""
+    import os
+
     from stecache.backbones import load
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
     full = synth_data(Path("work/bench/synth"))
     ds = dataclasses.replace(full, clips=full.clips[:n_clips])
-    rows = []
-    for name, backbone in (
-        ("videomaev2-tiny", load("videomaev2-tiny")),
-        ("videomaev2 small", small_encoder()),
-    ):
-        rows.append(compare(name, backbone, ds, tmp, rounds)[0])
+    load0 = os.getloadavg()
+    rows: dict[str, str] = {}
+    todo = []
     if base_clips:
         base_ds = dataclasses.replace(full, clips=full.clips[:base_clips])
-        rows.append(
-            compare(f"videomaev2 (ViT-B, {base_clips} clips)", load("videomaev2"), base_ds, tmp, 2)[0]
-        )
+        name = f"videomaev2 (ViT-B, 16×224², {base_clips} clips, {base_rounds} rounds)"
+        vit_b = lambda: compare(name, load("videomaev2"), base_ds, tmp, base_rounds, base_sizes)[0]  # noqa: E731
+        todo.append(("base", vit_b))
+    todo += [
+        ("tiny", lambda: compare("videomaev2-tiny", load("videomaev2-tiny"), ds, tmp, rounds, fwd_sizes)[0]),
+        ("small", lambda: compare("videomaev2 small", small_encoder(), ds, tmp, rounds, fwd_sizes)[0]),
+    ]
+    rss: dict = {}
+    for key, fn in todo:
+        rows[key] = fn()
+        _write(rows, rss, n_clips, rounds, base_clips, load0, os.getloadavg())
+    load1 = os.getloadavg()
     rss = {n: peak_rss(full.root, n, tmp) for n in rss_clips}
     shutil.rmtree(tmp, ignore_errors=True)
-    rss_rows = "\n".join(
-        f"| {n} | {r['self']:.0f} | {r['children']:.0f} | {r['s']:.0f} |" for n, r in rss.items()
+    _write(rows, rss, n_clips, rounds, base_clips, load0, load1)
+
+
+def _write(rows: dict, rss: dict, n_clips, rounds, base_clips, load0, load1) -> None:
+    table = "\n".join(rows[k] for k in ("tiny", "small", "base") if k in rows)
+    rss_rows = (
+        "\n".join(f"| {n} | {r['self']:.0f} | {r['children']:.0f} | {r['s']:.0f} |" for n, r in rss.items())
+        or "| (not measured yet) | | | |"
     )
     body = f"""
-{n_clips} synthetic clips per run, medians of {rounds} interleaved rounds (A B C A B C ...);
-{machine_line()}. The CPU is shared with other jobs, so absolute numbers are noisy (see the canary,
-fp32 matmul GFLOP/s; ~170 when idle); the ratios come from the same rounds. *forward* = backbone alone
-on pre-decoded clips (batch 8); *stecache* = `extract()` end to end (2 decoding workers, batch 8, fp16
-cache); *naive* = decode + preprocess + forward + `np.save` fp32, one clip at a time. Bytes are per clip
-on disk, cache vs naive .npy.
+{n_clips} synthetic clips per run (ViT-B: {base_clips}), medians of {rounds} interleaved rounds (A B C, B C A,
+...); {machine_line()}; load average {load0[0]:.1f} before, {load1[0]:.1f} after the timed rows (2 cores:
+above ~2 other jobs were competing). The CPU is shared with other jobs, so absolute numbers are noisy (see the
+canary, fp32 matmul GFLOP/s; ~170 when idle); the ratios are medians of per-round ratios (same round, so
+the machine's phase changes cancel). *forward* = backbone alone on pre-decoded clips, at each batch listed,
+the best one's median in front; *stecache* = `extract()` end to end (2 decoding workers, fp16 cache, the
+forward batch chosen by measurement on the first clips — `BatchChooser`; a trial size must fit 8 times
+into the job, so a short job like the ViT-B row here runs at the smallest size without trials);
+*naive* = decode + preprocess + forward + `np.save` fp32, one clip at a time. Bytes are per clip on disk,
+cache vs naive .npy.
 
 {HEADER}
-{chr(10).join(rows)}
+{table}
 
 On this 2-core CPU the decoding workers and the forward pass share the same two cores, so decoding can only
-hide behind compute when the forward pass dominates (the small config); the tiny config is decode-bound by
+hide behind compute when the forward pass dominates (small, ViT-B); the tiny config is decode-bound by
 design. On a GPU machine the forward runs on the GPU and decoding on otherwise idle cores.
-{BASE_NOTE[bool(base_clips)]}
+The forward batch is chosen per run: rows show the size(s) picked in each round. A wide canary range in a
+row means the machine's load changed during that row (other jobs on the same 2 cores); its ratios are then
+unreliable, even per round (ratios above 1 against *forward*, or medians and per-round ratios that
+disagree, are such noise).
 
 Peak RSS while extracting (pooling encoder with `[8, 384, 7, 7]` output = 301 KB/clip fp16, videos reused):
 
@@ -184,9 +229,10 @@ Peak RSS while extracting (pooling encoder with `[8, 384, 7, 7]` output = 301 KB
 |---|---|---|---|
 {rss_rows}
 
-Memory is bounded by one shard buffer, the writer queue (2 shards) and the loader's prefetch, not by N;
-the step between the smallest runs is warm-up (the writer queue filling, allocator arenas), after which it
-stays flat (a separate run: 377 MB at 300 clips, 384 MB at 2,000).
+Memory is bounded by one or two shard buffers (a forward may span two shards), the writer queue (2 shards)
+and the loader's prefetch, not by N; the step between the smallest runs is warm-up (the writer queue
+filling, allocator arenas), after which it grows only towards that bound (a separate run: 400, 440, 449,
+487 MB at 100, 300, 1,000, 2,000 clips; before forwards could span shards: 377 MB at 300, 384 MB at 2,000).
 """
     write_section("Extraction: overlap, naive loop, bytes per clip, memory", body)
 

@@ -313,9 +313,12 @@ def _head_option(ctx, param, values: tuple[str, ...]) -> dict:
 @click.option("--device", callback=_device, help="torch device [default: cuda if available, else cpu].")
 @click.option("--keep-checkpoints", is_flag=True,
               help="Keep the finished run's resume checkpoint [default: weights and logs only].")  # fmt: skip
+@click.option("--resident", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Keep the training features in GPU memory (auto: on CUDA when they fit in half the free"
+                   " memory); results do not depend on it.")  # fmt: skip
 def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warmup_epochs, weight_decay,
                no_balance, options, ram_limit, out, name, runs, resume, val_split, device,
-               keep_checkpoints):  # fmt: skip
+               keep_checkpoints, resident):  # fmt: skip
     """Train one classifier head from a feature cache into a run folder (paper §III-B protocol)."""
     import logging
 
@@ -335,7 +338,7 @@ def train_head(head, depth, cache, epochs, seed, data_seed, batch_size, lr, warm
     else:
         click.echo(f"cache: {cache}", err=True)
     metrics = train(cfg, cache, out, runs_root=runs, resume=resume, device=device,
-                    keep_checkpoints=keep_checkpoints)  # fmt: skip
+                    keep_checkpoints=keep_checkpoints, resident=resident)  # fmt: skip
     if metrics:  # rank 0 only
         split = "test" if "test" in metrics else "val"
         res = {"run": metrics["run_dir"], "split": split, "clips": metrics[f"{split}_clips"],
@@ -510,9 +513,14 @@ def _dataset_options(f):
 )
 @_dataset_options
 @click.option("--cache", "cache_url", help="Output zarr path or URL [default: work/cache-<backbone>.zarr].")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 4096),
-              help="Clips per forward.")  # fmt: skip
-@click.option("--workers", type=click.IntRange(0, 256), help="Decoding processes [default: min(2, cpus)].")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 4096),
+    help="Views per forward (= clips without --test-views/--train-views) [default: the fastest of a few"
+    " sizes, timed on the first clips].",
+)
+@click.option("--workers", type=click.IntRange(0, 256),
+              help="Decoding processes [default: min(2, cpus) on CPU, cpus-2 (<= 16) on GPU].")  # fmt: skip
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--test-views", is_flag=True, help="Store the backbone's test protocol views (clips x crops).")
 @click.option(
@@ -603,6 +611,10 @@ def extract(
         f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s"
         + (f"; per rank {'+'.join(map(str, s['per_rank']))}" if len(s["per_rank"]) > 1 else "")
     )
+    if s["batch"]:
+        b = s["batch"]
+        timed = "".join(f"; {k}: {v:g} ms/view" for k, v in b["per_view_ms"].items())
+        click.echo(f"forward batch {b['batch_size']} views ({b['chosen']}{timed})")
     for clip_id, err in s["failed"]:
         click.echo(f"  failed {clip_id}: {err}")
     for clip_id, note in s.get("partial", []):

@@ -244,7 +244,7 @@ def batches(
             held += start
             if held < batch_size:
                 continue
-            yield np.concatenate(pos_buf), np.concatenate(feat_buf)
+            yield np.concatenate(pos_buf), _cat(feat_buf)
             pos_buf, feat_buf, held = [], [], 0
         for i in range(start, len(pos), batch_size):  # whole batches as views, the rest carried over
             if len(pos) - i < batch_size:
@@ -252,7 +252,7 @@ def batches(
                 break
             yield pos[i : i + batch_size], f[i : i + batch_size]
     if held:
-        yield np.concatenate(pos_buf), np.concatenate(feat_buf)
+        yield np.concatenate(pos_buf), _cat(feat_buf)
 
 
 READ_AHEAD_BYTES = 256 * 2**20  # most bytes of batches held ahead by `prefetch`
@@ -345,9 +345,61 @@ def _nbytes(item) -> int:
     return sum(getattr(x, "nbytes", 0) for x in parts)
 
 
-def to_tensor(x: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Stored features (fp16) → float32 tensor on `device`."""
-    return torch.from_numpy(np.ascontiguousarray(x)).to(device=device, dtype=torch.float32)
+def to_tensor(x: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Stored features (fp16) → float32 tensor on `device`; a host tensor that is pinned (see `pinned`)
+    goes to a GPU without blocking, a GPU-resident batch (see `make_resident`) is only converted."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    return x.to(device=device, non_blocking=True).to(torch.float32)
+
+
+# ---- the GPU path: pinned host batches, or the whole split resident in device memory ------------------
+
+RESIDENT_SHARE = 0.5  # resident="auto": a split goes to the GPU if it takes at most this share of free memory
+RESIDENT_MODES = ("auto", "on", "off")
+
+
+def _cat(parts: list):
+    """np.concatenate, or torch.cat for resident (torch) features."""
+    return torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
+
+
+def pinned(it: Iterator[tuple]) -> Iterator[tuple]:
+    """(positions, features) with host features as page-locked tensors (run it in the prefetch thread, so
+    the main thread's copies to the GPU are asynchronous); device tensors pass through."""
+    for pos, x in it:
+        if not isinstance(x, torch.Tensor):
+            x = torch.from_numpy(np.ascontiguousarray(x)).pin_memory()
+        yield pos, x
+
+
+def make_resident(data: SplitData, device: str | torch.device, mode: str = "auto") -> bool:
+    """Move an in-RAM split's features to `device` once, kept in the stored dtype (fp16): every batch is
+    then gathered there and nothing crosses the bus during training. "auto": only on CUDA and when the
+    features take at most RESIDENT_SHARE of the free device memory; "on": always (any device, so the path
+    is testable on CPU; fails if the split is streamed); "off": never. Returns whether it is resident."""
+    if mode not in RESIDENT_MODES:
+        raise StecacheError(f"--resident {mode!r}: choose one of {', '.join(RESIDENT_MODES)}")
+    device = torch.device(device)
+    if isinstance(data.features, torch.Tensor):
+        return True
+    if mode == "off" or (mode == "auto" and (device.type != "cuda" or not data.in_ram)):
+        return False
+    if not data.in_ram:
+        raise StecacheError(
+            f"--resident on: split {data.split} is streamed (larger than the RAM limit), it cannot be "
+            "moved to the device whole; raise STECACHE_RAM_LIMIT or use --resident auto"
+        )
+    nbytes = data.features.nbytes
+    if mode == "auto":
+        free = torch.cuda.mem_get_info(device)[0]
+        if nbytes > RESIDENT_SHARE * free:
+            log.info("split %s: %.1f MB stays in host RAM (> %.0f%% of %.1f MB free on %s)", data.split,
+                     nbytes / 1e6, 100 * RESIDENT_SHARE, free / 1e6, device)  # fmt: skip
+            return False
+    data.features = torch.from_numpy(data.features).to(device)
+    log.info("split %s: %.1f MB resident on %s", data.split, nbytes / 1e6, device)
+    return True
 
 
 def toy_cache(

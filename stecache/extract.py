@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .annotations import Dataset, load_dataset, resolve_clip
+from .batching import BatchChooser, launch
 from .cache import DEFAULT_CODEC, Cache, check_url, create_cache, lock, open_cache
 from .config import Config
 from .errors import ExtractionFailed, StecacheError
@@ -39,8 +40,8 @@ AUG_RATIO = (3 / 4, 4 / 3)  # and its aspect-ratio range; horizontal flip with p
 class ExtractConfig(Config):
     """How to extract; everything that changes the features is recorded in the cache's provenance."""
 
-    batch_size: int = 8  # clips per forward pass (each with all its views)
-    workers: int | None = None  # decoding processes; None = min(2, cpus), 0 = decode in the main process
+    batch_size: int | None = None  # views per forward pass; None = chosen by timing candidates (BatchChooser)
+    workers: int | None = None  # decoding processes; None = min(2, cpus) on CPU, cpus - 2 on GPU; 0 = main
     dtype: str = "float16"  # stored dtype: float16 | float32 (compute is always float32 on CPU)
     test_views: bool = False  # the backbone's multi-view test protocol (clips x crops) instead of 1 view
     train_views: int = 0  # K extra augmented views per clip (random sampling, crop, flip)
@@ -196,7 +197,9 @@ def _dist() -> tuple[int, int, bool]:
         return 0, 1, False
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    # STECACHE_DIST_BACKEND=gloo: several ranks on one GPU (NCCL refuses that), e.g. in bench/gpu.py
+    backend = os.environ.get("STECACHE_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size(), True
 
 
@@ -290,7 +293,9 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world, frames=
         mine = [s for i, s in enumerate(cache.shards()) if i % world == rank]
         done = cache.done
         before = int(done.sum())
-        extracted, failed, partial = _run(cache, mine, done, dataset, backbone, views, cfg, device, rank)
+        extracted, failed, partial, batch = _run(
+            cache, mine, done, dataset, backbone, views, cfg, device, rank
+        )
         per_rank = [extracted]
         if world > 1:
             import torch.distributed as dist
@@ -313,6 +318,7 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world, frames=
         "partial": partial,
         "seconds": round(seconds, 3),
         "clips_per_s": round(extracted / seconds, 3) if seconds else None,
+        "batch": batch,  # this rank's forward batch: size, how chosen, per-view ms of the timed sizes
     }
     if failed and not cfg.allow_failures:
         first = "\n  ".join(f"{cid}: {err}" for cid, err in failed[:5])
@@ -324,14 +330,27 @@ def _extract(dataset, cache_url, backbone, checkpoint, cfg, rank, world, frames=
     return summary
 
 
-def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tuple[int, list, list]:
-    """Decode, forward and write this rank's shards: (extracted, [(clip_id, error)], [(clip_id, partial)])."""
+def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tuple[int, list, list, dict]:
+    """Decode, forward and write this rank's shards: (extracted, [(clip_id, error)], [(clip_id, partial)],
+    the forward batch's provenance).
+
+    Decoded clips are cut into views; forwards take `size` views at a time (the views of one clip may be
+    split across two forwards, and a forward may span two shards). A shard is written once every one of its
+    rows is resolved (all views stored, or failed). While the batch size is being chosen each forward is
+    timed synchronously; afterwards the device output of forward k is collected only after forward k+1 has
+    been queued, so on a GPU the host never waits for the device in the loop. A clip with a non-finite
+    feature (in the stored dtype) is a failure of that clip, like a decode error.
+    """
     from .progress import Progress
 
     todo = [r for a, b in shards for r in range(a, b) if not done[r]]
     if not todo:
-        return 0, [], []
-    workers = min(2, os.cpu_count() or 1) if cfg.workers is None else cfg.workers
+        return 0, [], [], None
+    cpus = os.cpu_count() or 1
+    if cfg.workers is not None:
+        workers = cfg.workers
+    else:  # on CPU the forward needs the cores; on a GPU machine decoding has them (two left for the rest)
+        workers = min(2, cpus) if device.type == "cpu" else max(1, min(16, cpus - 2))
     reader = _Reader(dataset, todo, views, cfg)
     loader = torch.utils.data.DataLoader(
         reader,
@@ -341,88 +360,125 @@ def _run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tu
         worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None,
     )
-    last_of_shard = {max(r for r in range(a, b) if not done[r]) for a, b in shards if not done[a:b].all()}
     shard_of = {r: (a, b) for a, b in shards for r in range(a, b)}
+    unresolved = {}  # shard start -> todo rows of the shard not yet stored or failed
+    for r in todo:
+        unresolved[shard_of[r][0]] = unresolved.get(shard_of[r][0], 0) + 1
     v_shape = (views.count, *cache.feature_shape)
+    chooser = BatchChooser(device, forced=cfg.batch_size, total=len(todo) * views.count)
     # progress counts a clip when its shard is written (decode and forward run ahead: shown beside it)
     progress = Progress(len(todo), enabled=cfg.progress and rank == 0, log_every=cfg.log_every)
-    n_todo = {a: int((~done[a:b]).sum()) for a, b in shards}
+    n_todo = dict(unresolved)
     writer = _Writer(cache, on_written=lambda a: progress.add(written=n_todo[a]))
-    buf: dict = {}
-    pending: list[tuple[int, torch.Tensor]] = []
-    extracted, failed = 0, []
+    bufs: dict = {}  # shard start -> {"feats" [S, V, n, c, h, w], "ok", "errors", "partial"}
+    left: dict = {}  # row -> views still to store
+    pending: list[tuple[int, int, torch.Tensor]] = []  # (row, view, [3, T, H, W]) awaiting a forward
+    inflight = None  # the last forward's (items, output future) not yet collected
+    state = {"extracted": 0}
+    failed: list = []
     partial: list = []
+
+    def put(a: int, buf: dict) -> None:
+        feats = buf["feats"]
+        extra = feats[:, 1:] if views.count > 1 else None
+        writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"], buf["partial"])
+
+    def resolve(row: int) -> None:
+        a = shard_of[row][0]
+        unresolved[a] -= 1
+        if not unresolved[a]:
+            put(a, bufs.pop(a))
+
+    def collect(job, y=None) -> None:
+        items, ready = job
+        y = ready.result() if y is None else y  # [B, n, c, h, w] on the host
+        for (row, v, _), feats in zip(items, y, strict=True):
+            a = shard_of[row][0]
+            buf = bufs[a]
+            buf["feats"][row - a, v] = feats
+            left[row] -= 1
+            if left[row]:
+                continue
+            progress.add(computed=1)
+            bad = int((~np.isfinite(buf["feats"][row - a])).sum())  # in the stored dtype (fp16 overflows)
+            if bad:  # a failure of this clip, recorded like a decode error; its row stays zeros
+                buf["feats"][row - a] = 0
+                what = f"{bad} of {buf['feats'][row - a].size} values NaN/inf as {buf['feats'].dtype}"
+                buf["errors"][row - a] = f"NonFiniteFeatures: non-finite features, {what}"
+                failed.append((dataset.clips[row].clip_id, buf["errors"][row - a]))
+            else:
+                buf["ok"][row - a] = True
+                state["extracted"] += 1
+            resolve(row)
+
+    def step(final: bool = False) -> None:
+        nonlocal inflight, pending
+        while pending and (len(pending) >= chooser.size or final):
+            size = chooser.size
+            items, pending = pending[:size], pending[size:]
+            if chooser.measuring:
+                if inflight is not None:
+                    collect(inflight)
+                    inflight = None
+                t = time.perf_counter()  # the forward alone, host copy included; not the bookkeeping
+                job = (items, launch(backbone, items, v_shape, device, cache.dtype))
+                y = job[1].result()
+                chooser.record(len(items), time.perf_counter() - t)
+                collect(job, y)
+            else:
+                job = (items, launch(backbone, items, v_shape, device, cache.dtype))
+                if inflight is not None:
+                    collect(inflight)
+                inflight = job
+
     try:
         for row, x, err, note in loader:
             a, b = shard_of[row]
-            if not buf:  # a new shard: start from what is stored (rows done earlier stay as they are)
-                buf = {
-                    "feats": np.zeros((b - a, *v_shape), dtype=cache.dtype),  # [S, V, n, c, h, w]
+            if a not in bufs:  # a new shard: start from what is stored (rows done earlier stay as they are)
+                bufs[a] = {
+                    "feats": np.zeros((b - a, *v_shape), dtype=cache.dtype),
                     "ok": done[a:b].copy(),
                     "errors": ["" for _ in range(b - a)],
                     "partial": ["" for _ in range(b - a)],
                 }
-                if buf["ok"].any():
-                    buf["feats"][:] = cache.read_views(slice(a, b))
+                if bufs[a]["ok"].any():
+                    bufs[a]["feats"][:] = cache.read_views(slice(a, b))
             progress.add(decoded=1, computed=1 if err else 0)
             if err:
-                buf["errors"][row - a] = err
+                bufs[a]["errors"][row - a] = err
                 failed.append((dataset.clips[row].clip_id, err))
+                resolve(row)
             else:
-                pending.append((row, x))
-                buf["partial"][row - a] = note
+                bufs[a]["partial"][row - a] = note
                 if note:
                     partial.append((dataset.clips[row].clip_id, note))
-            if len(pending) == cfg.batch_size or row in last_of_shard:
-                extracted += _forward(backbone, pending, buf, a, v_shape, device)
-                progress.add(computed=len(pending))
-                for r, _ in pending:  # a non-finite feature is a failure of its clip (_forward marks it)
-                    if buf["errors"][r - a]:
-                        failed.append((dataset.clips[r].clip_id, buf["errors"][r - a]))
-                pending = []
-            if row in last_of_shard:
-                feats = buf["feats"]  # [S, V, n, c, h, w]
-                extra = feats[:, 1:] if views.count > 1 else None
-                writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"], buf["partial"])
-                buf = {}
+                left[row] = len(x)
+                pending += [(row, v, x[v]) for v in range(len(x))]
+            step()
             progress.refresh()
-    except KeyboardInterrupt:  # Ctrl-C: also keep the clips of the unfinished shard already computed
-        if buf:
-            feats = buf["feats"]
-            extra = feats[:, 1:] if views.count > 1 else None
-            writer.put(a, feats[:, 0], extra, buf["ok"], buf["errors"], buf["partial"])
+        step(final=True)
+        if inflight is not None:
+            collect(inflight)
+            inflight = None
+    except KeyboardInterrupt:  # Ctrl-C: also keep the clips of the unfinished shards already computed
+        if inflight is not None:
+            collect(inflight)
+        for a, buf in bufs.items():
+            put(a, buf)
         raise
     finally:  # also on Ctrl-C or errors: shards already complete are still stored
         try:
             writer.close()
         finally:
             progress.close()
-    return extracted, failed, partial
+    _record_batch(cache, chooser, device, rank)
+    return state["extracted"], failed, partial, chooser.provenance(device)
 
 
-def _forward(backbone, pending, buf, start, v_shape, device) -> int:
-    """Run one batch of clips (all views) and put the features into the shard buffer."""
-    if not pending:
-        return 0
-    x = torch.stack([t for _, t in pending])  # [B, V, 3, T, H, W]
-    b, v = x.shape[:2]
-    with torch.inference_mode():
-        y = backbone(x.flatten(0, 1).to(device))  # [B*V, n, c, h, w]
-    if tuple(y.shape[1:]) != v_shape[1:]:
-        raise StecacheError(f"{backbone.name}: output {tuple(y.shape[1:])} != expected {v_shape[1:]}")
-    y = y.float().cpu().numpy().reshape(b, v, *v_shape[1:])
-    n_ok = 0
-    for (row, _), feats in zip(pending, y, strict=True):
-        buf["feats"][row - start] = feats
-        bad = int((~np.isfinite(buf["feats"][row - start])).sum())  # in the stored dtype (fp16 overflows)
-        if bad:  # a failure of this clip, recorded like a decode error; its row stays zeros
-            buf["feats"][row - start] = 0
-            what = f"{bad} of {feats.size} values NaN/inf as {buf['feats'].dtype}"
-            buf["errors"][row - start] = f"NonFiniteFeatures: non-finite features, {what}"
-            continue
-        buf["ok"][row - start] = True
-        n_ok += 1
-    return n_ok
+def _record_batch(cache, chooser: BatchChooser, device, rank: int) -> None:
+    """Note the forward batch of this run in the cache's (unfingerprinted) `extraction` attribute."""
+    if rank == 0:
+        cache.group.attrs["extraction"] = chooser.provenance(device)
 
 
 # ---- datasets from annotation files ----------------------------------------------------------------------

@@ -133,7 +133,8 @@ def _dist() -> tuple[int, int]:
     """(rank, world size); initialises torch.distributed when launched by torchrun with >1 process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = os.environ.get("STECACHE_DIST_BACKEND")  # gloo: several ranks on one GPU (bench/gpu.py)
+        torch.distributed.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
     return (torch.distributed.get_rank(), world) if world > 1 else (0, 1)
 
 
@@ -183,11 +184,13 @@ def make_optimizer(head, cfg: TrainConfig) -> torch.optim.Optimizer:
     )  # fmt: skip
 
 
-def epoch_batches(split: D.SplitData, cfg: TrainConfig, epoch: int, weights) -> Iterator:
-    """This epoch's (positions, features [b, 1, n, c, h, w]) batches, prepared in a background thread."""
+def epoch_batches(split: D.SplitData, cfg: TrainConfig, epoch: int, weights, device=None) -> Iterator:
+    """This epoch's (positions, features [b, 1, n, c, h, w]) batches, prepared in a background thread
+    (for a CUDA `device` as page-locked host tensors, copied without blocking)."""
     order = D.epoch_rows(len(split), cfg.batch_seed, epoch, weights)
     views = D.epoch_views(len(split), split.views, cfg.batch_seed, epoch)
-    return D.prefetch(D.batches(split, order, cfg.batch_size, views, cfg.batch_seed + epoch))
+    it = D.batches(split, order, cfg.batch_size, views, cfg.batch_seed + epoch)
+    return D.prefetch(D.pinned(it) if device is not None and torch.device(device).type == "cuda" else it)
 
 
 def save_epoch(out: Path, head, opt, rng, epoch: int, best: float, best_epoch: int, history: list,
@@ -281,19 +284,23 @@ def train(
     progress: bool = True,
     device: str | None = None,
     keep_checkpoints: bool = False,
+    resident: str = "auto",
 ) -> dict:
     """Train `cfg` on the cache at `cache_url` into `out_dir` (default runs_root/run_name); metrics dict.
 
     resume=None: resume when the folder holds a checkpoint of the same config and cache; True: must
     resume; False: start over. The run folder is locked (RunBusy for a second writer) while training.
     device: None = cuda (this rank's GPU) if available, else cpu. A finished run keeps its weights and
-    drops the resume checkpoint unless keep_checkpoints.
+    drops the resume checkpoint unless keep_checkpoints. resident: keep the training split's features in
+    device memory (data.make_resident: "auto" = on CUDA when it fits, "on", "off"); results do not
+    depend on it.
     """
     with contextlib.ExitStack() as stack:
-        return _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_checkpoints, stack)
+        return _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_checkpoints,
+                      resident, stack)  # fmt: skip
 
 
-def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_checkpoints,
+def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_checkpoints, resident,
            stack: contextlib.ExitStack) -> dict:  # fmt: skip
     from tqdm import tqdm
 
@@ -311,6 +318,7 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_ch
     limit = cfg.ram_limit
     train_split = D.load_split(cache, "train", views=cfg.train_views, limit=limit)
     _check_classes(cache, train_split)
+    D.make_resident(train_split, device, resident)
     val_split = D.load_split(cache, cfg.val_split, views=cfg.test_views, limit=limit)
     if world > 1 and cfg.batch_size % world:
         raise TrainError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes")
@@ -326,7 +334,7 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_ch
     if rank == 0:
         write_run_config(out, cfg, cache, failed, world)
 
-    targets = torch.from_numpy(train_split.targets(multi))
+    targets = torch.from_numpy(train_split.targets(multi)).to(device)  # moved once
     weights = D.sample_weights(train_split.labels) if cfg.balanced else None
     steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     opt = make_optimizer(head, cfg)
@@ -341,9 +349,11 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_ch
     key = M.main_metric(multi)
 
     ahead = None  # the next epoch's batches, read during this epoch's validation
+    check_each_step = torch.device(device).type != "cuda"  # a finite-loss check syncs with a GPU
     for epoch in range(start, cfg.epochs):
         t0, wait, loss_sum = time.perf_counter(), 0.0, torch.zeros(2, dtype=torch.float64)
-        it = ahead or epoch_batches(train_split, cfg, epoch, weights)
+        loss_dev = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync a step
+        it = ahead or epoch_batches(train_split, cfg, epoch, weights, device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=None if progress and rank == 0 else True)  # fmt: skip
         head.train()
@@ -355,20 +365,27 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_ch
             for g in opt.param_groups:
                 g["lr"] = lr
             mine = slice(rank, None, world)
-            xb, yb = D.to_tensor(x[mine, 0], device), targets[pos[mine]].to(device)
+            xb, yb = D.to_tensor(x[mine, 0], device), targets[torch.as_tensor(pos[mine]).to(device)]
             loss = loss_fn(model(xb), yb, multi)
-            if not torch.isfinite(loss):
+            if check_each_step and not torch.isfinite(loss):  # CPU: free; CUDA: once an epoch, below
                 raise non_finite_loss(epoch, i, loss, xb, cache.clip_id[train_split.rows[pos[mine]]])
             # mean over the GLOBAL batch; DDP averages gradients over ranks, hence × world
             (loss * world / len(pos)).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loss_sum += torch.tensor([loss.item(), len(pos[mine])], dtype=torch.float64)
+            loss_dev += loss.detach()
+            loss_sum[1] += len(pos[mine])
             bar.update()
-            bar.set_postfix(loss=f"{loss.item() / max(1, len(pos[mine])):.4f}")
+            if bar.disable is False and i % 50 == 49:  # the bar's loss: one host sync per 50 steps
+                bar.set_postfix(loss=f"{loss_dev.item() / float(loss_sum[1]):.4f}")
+        loss_sum[0] = loss_dev.item()
+        if not math.isfinite(loss_sum[0]):
+            raise NonFiniteLoss(f"epoch {epoch + 1}: loss is {loss_sum[0]}; check the cache "
+                                "(`stecache verify`) or lower --lr")  # fmt: skip
         bar.close()
         train_seconds = time.perf_counter() - t0
-        ahead = epoch_batches(train_split, cfg, epoch + 1, weights) if epoch + 1 < cfg.epochs else None
+        last = epoch + 1 == cfg.epochs
+        ahead = None if last else epoch_batches(train_split, cfg, epoch + 1, weights, device)
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
         entry = {"epoch": epoch + 1, "loss": float(loss_sum[0] / loss_sum[1]), "lr": lr}

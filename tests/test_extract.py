@@ -200,7 +200,8 @@ def test_interrupted_run_resumes_identically(ds, reference, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         extract(ds, url, Crash(), cfg=CFG)
     done = open_cache(url).done
-    assert done.sum() == 11  # two whole shards + the 3 clips of the third computed before Ctrl-C
+    # forwards of 3 views span shards of 4: five forwards (15 clips) ran before Ctrl-C, three whole shards
+    assert done.sum() == 15  # are stored and so are the 3 clips of the fourth computed before it
     s = extract(ds, url, FakeBackbone(), cfg=CFG)
     assert s["already_done"] == done.sum() and s["extracted"] == 48 - done.sum()
     np.testing.assert_array_equal(open_cache(url).read(np.arange(48)), reference[:, 0])
@@ -286,3 +287,89 @@ def test_cli_backbone_names_and_usage_errors(tmp_path):
         cli, ["extract", "--backbone", "videomaev2-tiny", "--annotations", f"train={tmp_path / 't.txt'}"]
     )
     assert out.exit_code == 2 and "--data-root" in out.output
+
+
+# ---- the forward batch: chosen by timing, forced by --batch-size, output independent of it ---------------
+
+
+class Timed(FakeBackbone):
+    """A backbone whose per-view cost depends on the batch size (sleeps), recording every batch it sees."""
+
+    def __init__(self, ms_per_view: dict[int, float]):
+        super().__init__()
+        self.ms, self.sizes = ms_per_view, []
+
+    def forward(self, x):
+        self.sizes.append(len(x))
+        time.sleep(len(x) * self.ms.get(len(x), 1.0) / 1e3)
+        return super().forward(x)
+
+
+# ms per view at batch 1, 2, 3 (this shared CPU adds tens of ms of noise to any forward); 48 clips allow
+# trial sizes up to 48 / 8 = 6
+@pytest.mark.parametrize("ms,fast", [({1: 80.0, 2: 5.0, 3: 80.0}, 2), ({1: 80.0, 2: 40.0, 3: 5.0}, 3)])
+def test_chooser_picks_the_faster_size_keeps_timed_clips(ds, reference, tmp_path, monkeypatch, ms, fast):
+    import stecache.batching
+
+    monkeypatch.setitem(stecache.batching.CANDIDATES, "cpu", (1, 2, 3))
+    bb = Timed(ms)
+    s = extract(ds, tmp_path / "c.zarr", bb, cfg=CFG.replace(batch_size=None))
+    assert s["batch"]["batch_size"] == fast and s["batch"]["chosen"] == "measured", (s["batch"], bb.sizes[:9])
+    assert set(s["batch"]["per_view_ms"]) >= {"1", "2"}
+    c = open_cache(tmp_path / "c.zarr")
+    assert c.attrs["extraction"]["batch_size"] == fast and c.attrs["extraction"]["device"] == "cpu"
+    assert sum(bb.sizes) == len(ds.clips)  # the timed forwards' clips were kept, none recomputed
+    first = next(i for i in range(len(bb.sizes)) if all(b == fast for b in bb.sizes[i:-1]))
+    assert first <= 6 and bb.sizes[0] == 1  # warm-up, scan, confirm, then the chosen size to the end
+    np.testing.assert_array_equal(c.read(np.arange(len(c))), reference[:, 0])
+    assert open_cache(tmp_path / "c.zarr").fingerprint == c.fingerprint  # the note is not fingerprinted
+
+
+def test_forced_batch_size_skips_the_chooser(ds, tmp_path, monkeypatch):
+    import stecache.batching
+
+    monkeypatch.setitem(stecache.batching.CANDIDATES, "cpu", (1, 2, 4))
+    bb = Timed({5: 20.0})  # the forced size is the slowest: it is used anyway
+    s = extract(ds, tmp_path / "c.zarr", bb, cfg=CFG.replace(batch_size=5))
+    assert bb.sizes == [5] * 9 + [3] and s["batch"] == {
+        "batch_size": 5, "chosen": "--batch-size", "device": "cpu", "per_view_ms": {}
+    }  # fmt: skip
+
+
+def test_chooser_unit():
+    from stecache.batching import BatchChooser
+
+    ch = BatchChooser(torch.device("cpu"), candidates=(1, 2, 4, 8))
+    per_view = {1: 1.0, 2: 0.9, 4: 1.2, 8: 0.1}  # 8 is never tried: 4 is > 5 % slower than 2 (twice)
+    seen = []
+    while ch.measuring:
+        seen.append(ch.size)
+        ch.record(ch.size, ch.size * per_view[ch.size])
+    assert seen == [1, 1, 2, 4, 4, 1, 2] and ch.chosen == 2  # warm-up, scan, the best two timed twice
+    ch = BatchChooser(torch.device("cpu"), candidates=(1, 2))
+    ch.record(1, 5.0)  # warm-up: not timed
+    ch.record(1, 1.0)
+    ch.record(1, 0.1)  # a short batch (data ran out) is not a measurement of size 2
+    assert ch.measuring and ch.size == 2 and ch.times == {1: [1.0]}
+    assert BatchChooser(torch.device("cuda"), forced=3).size == 3
+    few = BatchChooser(torch.device("cpu"), candidates=(1, 2, 4), total=20)  # 4 x 8 > 20: 4 is not tried
+    assert few.candidates == (1, 2) and BatchChooser(torch.device("cpu"), total=10).chosen == 1
+    assert BatchChooser(torch.device("cuda")).candidates[0] >= 4  # GPUs start from larger batches
+
+
+@pytest.mark.parametrize("name", ["fake", "videomaev2-tiny"])
+def test_output_identical_whatever_the_batch(small, tmp_path, name):
+    """fp32 compute -> fp16 storage on CPU: bit-identical features for any batch, views split or not."""
+    from stecache.backbones import load
+
+    bb = FakeBackbone() if name == "fake" else load(name)
+    cfg = CFG.replace(test_views=True)  # 6 views per clip for fake, batch 4 splits a clip's views
+    data = dataclasses.replace(small, clips=small.clips[: 4 if name == "fake" else 2])
+    out = []
+    for i, b in enumerate((1, 4, 7, None)):
+        s = extract(data, tmp_path / f"{i}.zarr", bb, cfg=cfg.replace(batch_size=b))
+        c = open_cache(tmp_path / f"{i}.zarr")
+        out.append(c.read_views(np.arange(len(c))))
+        assert s["batch"]["batch_size"] == b or b is None
+    for o in out[1:]:
+        np.testing.assert_array_equal(o, out[0])

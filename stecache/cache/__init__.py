@@ -41,7 +41,7 @@ DEFAULT_CODEC = "none"
 SHARD_BYTES = 128 * 2**20  # target shard file size; rows per shard = clamp(SHARD_BYTES // row bytes, 1, 64)
 DTYPES = ("float16", "float32")
 # Attributes that describe storage or bookkeeping, not content: left out of the fingerprint.
-UNFINGERPRINTED = ("created", "fingerprint", "codec", "shard_size")
+UNFINGERPRINTED = ("created", "fingerprint", "codec", "shard_size", "extraction")
 
 
 class Row(NamedTuple):
