@@ -211,7 +211,7 @@ def stage_heads(ctx: Ctx) -> dict:
 
     out = {}
     for name, cls in HEADS.items():
-        depth = 1 if 1 in cls.depths else 0
+        depth = 1 if 1 in cls.depths else cls.depths[0]
         torch.manual_seed(0)
         ref = build_head(name, shape, K, depth, autocast=False).to(ctx.device).eval()
         amp = copy.deepcopy(ref)

@@ -40,7 +40,9 @@ def test_gpu_script_runs_on_cpu(tmp_path, monkeypatch, synth_dir):
     assert set(st) == {"backbones", "heads", "extract", "train"} and res["device"] == "cpu"
     assert all(_ok(st["backbones"])) and st["backbones"]["videomaev2-tiny"]["max_abs"] == 0  # no autocast
     heads = _ok(st["heads"])
-    assert len(heads) == 7 and all(heads)  # 5 heads + fused vs literal twice
+    from stecache.heads import HEADS
+
+    assert len(heads) == len(HEADS) + 2 and all(heads)  # every head + fused vs literal twice
     assert st["heads"]["ste d1 fused vs literal, fp32"]["logits_rel"] < 1e-5
     assert st["extract"]["stecache_clips_s"] > 0 and st["extract"]["batch"]["batch_size"] >= 1
     runs = st["train"]["runs"]
