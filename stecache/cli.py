@@ -611,7 +611,7 @@ def extract(
         f"{s['already_done']} before, {len(s['failed'])} failed) in {s['seconds']:.1f} s"
         + (f"; per rank {'+'.join(map(str, s['per_rank']))}" if len(s["per_rank"]) > 1 else "")
     )
-    if s["batch"]:
+    if s.get("batch"):
         b = s["batch"]
         timed = "".join(f"; {k}: {v:g} ms/view" for k, v in b["per_view_ms"].items())
         click.echo(f"forward batch {b['batch_size']} views ({b['chosen']}{timed})")

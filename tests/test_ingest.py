@@ -105,6 +105,7 @@ def test_csv_names_union_over_splits_and_bare_indices_take_k_from_all_splits(tmp
     va = write(tmp_path / "val.txt", "c.mp4 4\n")
     ds = load_dataset([("train", tr), ("val", va)], tmp_path)
     assert ds.classes == ("0", "1", "2", "3", "4")
+    assert "indices" in ds.provenance["classes_from"]  # not "--classes": the user gave none
 
 
 def test_tinyvirat_class_map_is_the_class_list_and_its_own_tree(tmp_path, clip_mp4):

@@ -65,9 +65,10 @@ def build_dataset(
         if tokens and all(INDEX.fullmatch(t) for t in tokens):
             k = 1 + max(int(t) for t in tokens)
             classes = tuple(str(i) for i in range(k))
-            as_index = True
+            as_index, classes_source = True, "label indices (0..K-1 over all splits)"
         else:
             classes, as_index = tuple(sorted(set(tokens) | folders)), False
+            classes_source = "label names (sorted, over all splits)"
         lookup = {t: int(t) if as_index else classes.index(t) for t in tokens}
     else:
         classes = tuple(classes)
