@@ -53,7 +53,7 @@ def rows() -> list[tuple[str, str, str, str]]:
 
 def table() -> str:
     """The rows as aligned text."""
-    head = ("backbone", "input protocol (native)", "[n, c, h, w]", "")
+    head = ("backbone", "input protocol (native)", "[n, c, h, w]", "variants")
     rs = [head, *rows()]
     widths = [max(len(r[i]) for r in rs) for i in range(3)]
     lines = ("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3] for r in rs)
