@@ -252,6 +252,14 @@ def test_cli_train_and_evaluate(toy, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "bogus" in r.output
 
 
+def test_epoch_line_prints_val_metric_in_percent_like_the_summary(toy, tmp_path, caplog):
+    cfg = T.TrainConfig(head="meanfc", depth=0, epochs=1, batch_size=16, lr=0.05)
+    with caplog.at_level("INFO", logger="stecache"):
+        T.train(cfg, toy, tmp_path / "r", progress=False)
+    acc1 = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])["val"]["acc1"]
+    assert "epoch 1: loss" in caplog.text and f"val acc1 {100 * acc1:.2f}" in caplog.text
+
+
 DDP_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
