@@ -46,6 +46,14 @@ def _n_text(t: Table) -> str:
     return f"n = {ns[0]} seeds" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds"
 
 
+def _shared_backbone(rows: list[str]) -> tuple[str, list[str]]:
+    """('vmae', heads) when every row is 'vmae + <head>': the backbone goes into the panel title once."""
+    backbones = {r.partition(" + ")[0] for r in rows}
+    if len(backbones) != 1 or not all(" + " in r for r in rows):
+        return "", list(rows)
+    return backbones.pop(), [r.partition(" + ")[2] for r in rows]
+
+
 def plot_bars(t: Table, path: Path) -> list[Path]:
     """One panel per column (one metric per axis): a bar per row, ± sample std, values written on bars."""
     plt = _plt()
@@ -55,6 +63,7 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
     width = max(2.6, 0.42 * len(t.rows) + 0.8)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.1 * nrows), squeeze=False)
     kinds = list(dict.fromkeys(r.split(" + ")[-1] for r in t.rows))  # a head: one colour on every backbone
+    backbone, labels = _shared_backbone(t.rows)
     x = np.arange(len(t.rows))
     for ax, j in zip(axes.flat, cols, strict=False):
         cells = [row[j] for row in t.cells]
@@ -72,11 +81,11 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
                 continue
             mark = " †" if c.degenerate else ""
             ax.text(xi, m + s + top * 0.02, f"{m:.1f}{mark}", ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(x, t.rows, rotation=35, ha="right", fontsize=7)
+        ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
         name, _, metric = t.cols[j].rstrip(")").partition(" (")  # "synth (F1)": panel synth, axis F1
         ax.set_ylabel(f"{metric or name} (%)")
         ax.set_ylim(0, max(top * 1.18, 1.0))
-        ax.set_title(name, fontsize=8)
+        ax.set_title(f"{backbone} on {name}" if backbone else name, fontsize=8)
     for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
     deg = " † = degenerate run(s)." if t.degenerate() else ""
