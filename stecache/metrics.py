@@ -208,18 +208,20 @@ def plot_metrics(m: dict, class_names, multi: bool, path, split: str = "test") -
         ax.bar(range(K), m["per_class"]["f1"])
         ax.set_ylabel("F1")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{split}: per-class F1 at threshold {m['threshold']:.2f} (macro {m['macro_f1']:.3f})")
+        macro = f"macro-F1 {100 * m['macro_f1']:.1f} %"
+        ax.set_title(f"{split}: per-class F1 at threshold {m['threshold']:.2f} ({macro})")
     else:
         cm = np.asarray(m["confusion"])
-        ax.imshow(cm, cmap="Blues")
+        im = ax.imshow(cm, cmap="Blues")
+        fig.colorbar(im, ax=ax, shrink=0.8).set_label("clips")
         for (i, j), v in np.ndenumerate(cm):  # white on the dark cells, black on the light ones
             color = "white" if v > cm.max() / 2 else "black"
             ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color=color)
         ax.set_ylabel("true")
         ax.set_xlabel("predicted")
         ax.set_yticks(range(K), class_names)
-        ax.set_title(f"{split}: confusion (Acc@1 {m['acc1']:.3f})")
+        ax.set_title(f"{split}: confusion (Acc@1 {100 * m['acc1']:.1f} %)")  # % as in every other output
     ax.set_xticks(range(K), class_names, rotation=90)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=300)  # as the report's figures
     plt.close(fig)

@@ -391,7 +391,7 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_ch
             rng = torch.get_rng_state()
             save_epoch(out, head, opt, rng, epoch, best, best_epoch, history, identity, cuda_rng)
             tb.log_epoch(out, entry)
-            log.info("epoch %d: loss %.4f val %s %.2f", epoch + 1, entry["loss"], key, 100 * val[key])  # % as in the summary
+            log.info("epoch %d: loss %.4f val %s %.2f", epoch + 1, entry["loss"], key, 100 * val[key])  # in %
     if rank != 0:
         torch.distributed.barrier()
         return {}
