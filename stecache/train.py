@@ -508,7 +508,7 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         log.warning("run %s is degenerate: %s", out.name, metrics["degenerate"])
     _save(json.dumps(_finite(metrics), indent=2) + "\n", out / "metrics.json")
     M.plot_metrics(
-        metrics.get("test", val),
+        metrics.get("test_tuned") or metrics.get("test", val),  # multi-label: at the val-tuned threshold
         cache.class_names,
         multi,
         out / ("per_class_f1.png" if multi else "confusion.png"),

@@ -105,10 +105,14 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def test_multi_label_run(tmp_path):
+def test_multi_label_run(tmp_path, monkeypatch):
     url = str(tmp_path / "ml.zarr")
     cache = D.toy_cache(url, n_clips=200, multi_label=True, signal=1.5)
+    plotted = []
+    plot = M.plot_metrics
+    monkeypatch.setattr(M, "plot_metrics", lambda m, *a, **k: plotted.append(m) or plot(m, *a, **k))
     m = T.train(T.TrainConfig(head="ste", depth=1, **FAST), url, runs_root=tmp_path, progress=False)
+    assert plotted == [m["test_tuned"]]  # per_class_f1.png at the val-tuned threshold, as the reports lead
     p = cache.labels()[cache.rows("val")].mean(0)
     all_positive = float((2 * p / (1 + p)).mean())  # macro-F1 of predicting every class: ≈ 0.49
     assert m["val"]["macro_f1"] > all_positive + 0.25
