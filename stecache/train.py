@@ -263,8 +263,9 @@ def _check_classes(cache, train: D.SplitData) -> None:
     counts = train.labels.sum(0)
     missing = [cache.class_names[k] for k in np.flatnonzero(counts == 0)]
     if missing:
-        raise TrainError(
-            f"cache {cache.url}: class(es) {', '.join(missing)} have no training clips; "
+        names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise TrainError(  # a few names: the one-line message must keep its reason and the remedy
+            f"cache {cache.url}: {len(missing)} class(es) ({names}) have no training clips; "
             "add examples or drop the class from the annotations"
         )
 

@@ -138,10 +138,10 @@ def test_errors(toy, tmp_path):
     with pytest.raises(CacheIncomplete, match="not extracted yet"):
         T.train(T.TrainConfig(), partial, runs_root=tmp_path)
 
-    def tiny_cache(name, splits, labels):
+    def tiny_cache(name, splits, labels, class_names=("a", "b", "c")):
         url = str(tmp_path / name)
         clips = [Row(f"c{i}", (lab,), s) for i, (lab, s) in enumerate(zip(labels, splits, strict=True))]
-        c = create_cache(url, clips=clips, class_names=["a", "b", "c"], multi_label=False,
+        c = create_cache(url, clips=clips, class_names=list(class_names), multi_label=False,
                          feature_shape=(2, 4, 2, 2), num_views=1, provenance={"backbone": "t"})  # fmt: skip
         c.write_shard(
             0, np.zeros((len(clips), 2, 4, 2, 2)), None, np.ones(len(clips), bool), [""] * len(clips)
@@ -149,8 +149,13 @@ def test_errors(toy, tmp_path):
         return url
 
     no_c = tiny_cache("noc.zarr", ["train", "train", "val", "val"], [0, 1, 2, 0])
-    with pytest.raises(TrainError, match="class\\(es\\) c have no training clips"):
+    with pytest.raises(TrainError, match="1 class\\(es\\) \\(c\\) have no training clips"):
         T.train(T.TrainConfig(head="meanfc"), no_c, runs_root=tmp_path)
+    many = tiny_cache("many.zarr", ["train", "val"], [0, 1], [f"class{k}" for k in range(128)])  # mmaction2's
+    with pytest.raises(TrainError) as e:  # rawframe test list: label 127 only; the reason must fit one line
+        T.train(T.TrainConfig(head="meanfc"), many, runs_root=tmp_path)
+    assert "127 class(es) (class1, class2, class3, class4, class5 and 122 more) have no" in str(e.value)
+    assert len(str(e.value)) < 280  # the CLI cuts longer lines
     no_val = tiny_cache("noval.zarr", ["train"] * 3, [0, 1, 2])
     with pytest.raises(EmptySplit, match="no extracted clips in split 'val'"):
         T.train(T.TrainConfig(head="meanfc"), no_val, runs_root=tmp_path)
