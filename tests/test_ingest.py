@@ -464,6 +464,17 @@ def test_csv_segments_and_boxes_give_many_clips_from_one_file(tmp_path, long_vid
     np.testing.assert_allclose(open_cache(tmp_path / "c.zarr").read([1])[0], ref[0].numpy(), atol=1e-3)
 
 
+def test_a_sub_pixel_pixel_box_is_refused_as_a_typo(tmp_path):
+    f = write(tmp_path / "a.csv", "path,label,x1,y1,x2,y2\na.mp4,a,0.1,0.1,0.5,2\nb.mp4,a,0,0,0.5,0.9\n")
+    with pytest.raises(AnnotationError, match=r"a.csv:2: box 0.1,0.1,0.5,2.0: in pixels .* under one pixel"):
+        read_annotations(f, data_root=tmp_path)  # was a 1x2 pixel crop, upscaled
+    f.write_text("path,label,x1,y1,x2,y2\na.mp4,a,10,10,10.5,20\nb.mp4,a,10,10,11,20\n")
+    with pytest.raises(AnnotationError, match=r"a.csv:2: box 10.0,10.0,10.5,20.0"):
+        read_annotations(f, data_root=tmp_path)
+    f.write_text("path,label,x1,y1,x2,y2\na.mp4,a,0.1,0.1,0.5,0.9\nb.mp4,a,10,10,11,20\n")
+    assert len(read_annotations(f, data_root=tmp_path)) == 2  # normalised, and a 1-pixel-wide pixel box
+
+
 # ---- check-data, info, import-h5 ---
 
 
