@@ -520,9 +520,12 @@ def test_info_warns_about_a_class_without_training_clips(tmp_path, clip_mp4, fak
         ["walk", "0", "1"],
     ]
     with pytest.raises(
-        AnnotationError, match=r"val\.csv:2: clip 'a\.mp4' appears again \(first in .*train\.csv:2"
+        AnnotationError, match=r"val\.csv:2: clip 'a\.mp4' appears again \(split val here, split train in "
     ):
         dataset_from_annotations([("train", tr), ("val", write(va, "path,label\na.mp4,walk\n"))], tmp_path)
+    lst = write(tmp_path / "list.txt", "a.mp4 0\n")  # one list given for two splits: the line is the same
+    with pytest.raises(AnnotationError, match=r"list\.txt:1: clip 'a\.mp4' appears again \(split val here"):
+        dataset_from_annotations([("train", lst), ("val", lst)], tmp_path)
 
 
 def test_import_h5_split_from_dataset_or_flag(tmp_path):
