@@ -133,7 +133,7 @@ def format_segments(rec: dict) -> str:
     lines = [f"{rec['path']}: {len(rec['windows'])} windows of {rec['window']} s every {rec['stride']} s"]
     runs: list[list] = []
     for win in rec["windows"]:
-        if runs and runs[-1][2] == win["top"]:
+        if runs and runs[-1][2] == win["top"] and win["start"] <= runs[-1][1]:  # stride > window: gaps split
             runs[-1][1], runs[-1][3] = win["end"], runs[-1][3] + [win["score"]]
         else:
             runs.append([win["start"], win["end"], win["top"], [win["score"]]])
@@ -187,11 +187,12 @@ def _plot(rec: dict, path: Path) -> None:
     probs = np.array([[w["scores"][c] for c in names] for w in ws])  # [W, K]
     centres = np.array([(w["start"] + w["end"]) / 2 for w in ws])
     k, half = len(names), rec["stride"] / 2
+    # cell edges halfway between window centres: the tail window (off the stride grid) sits under its marker
+    mid = (centres[1:] + centres[:-1]) / 2
+    first = centres[0] - (mid[0] - centres[0] if len(mid) else half)
+    edges = np.concatenate([[first], mid, [centres[-1] + (centres[-1] - mid[-1] if len(mid) else half)]])
     fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 0.3 * len(ws) + 4)), 1.2 + 0.35 * k))
-    im = ax.imshow(
-        probs.T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
-        extent=(centres[0] - half, centres[-1] + half, -0.5, k - 0.5),
-    )  # fmt: skip
+    im = ax.pcolormesh(edges, np.arange(k + 1) - 0.5, probs.T, cmap="viridis", vmin=0, vmax=1)
     if rec["multi_label"]:
         xs, ys = np.nonzero(probs >= rec["threshold"])
         ax.scatter(centres[xs], ys, label=f"score >= {rec['threshold']:.2f}", marker="s", **MARK)

@@ -188,6 +188,38 @@ def test_windows_hand_computed():
     assert TL.windows(10, 16.0, 1.0, 0.5) == [(0, 10)]  # shorter than one window: the whole video
 
 
+def _rec(spans, tops, stride):
+    names = ["a", "b"]
+    wins = [{"start": a, "end": b, "top": t, "score": 0.9, "scores": {"a": 0.9 if t == "a" else 0.1,
+             "b": 0.1 if t == "a" else 0.9}} for (a, b), t in zip(spans, tops, strict=True)]  # fmt: skip
+    return {"path": "v.mp4", "window": spans[0][1] - spans[0][0], "stride": stride, "windows": wins,
+            "class_names": names, "multi_label": False, "threshold": 0.5}  # fmt: skip
+
+
+def test_timeline_segments_do_not_span_unseen_gaps():
+    def segments(text):
+        return [(ln.split()[0], ln.split()[2], ln.split()[4]) for ln in text.splitlines()[1:]]
+
+    text = TL.format_segments(_rec([(0.0, 2.0), (8.0, 10.0)], ["b", "b"], stride=30.0))  # stride > window
+    assert segments(text) == [("0.00", "2.00", "b"), ("8.00", "10.00", "b")]  # was one "0.00 - 10.00 s"
+    text = TL.format_segments(_rec([(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)], ["b", "b", "a"], stride=1.0))
+    assert segments(text) == [("0.00", "3.00", "b"), ("2.00", "4.00", "a")]  # overlapping windows still merge
+
+
+def test_timeline_heat_map_cells_sit_under_their_window_centres(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    spans = [(0.0, 3.0), (2.0, 5.0), (4.0, 7.0), (6.0, 9.0), (7.0, 10.0)]  # window 3, stride 2, tail at 7
+    TL._plot(_rec(spans, ["a"] * 5, stride=2.0), tmp_path / "t.png")
+    mesh = figs[0].axes[0].collections[0]
+    xs = mesh.get_coordinates()[0, :, 0]  # cell edges along time
+    np.testing.assert_allclose(xs, [0.5, 2.5, 4.5, 6.5, 8.0, 9.0])  # midpoints between centres 1.5 … 8.5
+    centres = [(a + b) / 2 for a, b in spans]
+    assert all(lo < c < hi for lo, c, hi in zip(xs[:-1], centres, xs[1:], strict=True))
+
+
 @pytest.fixture(scope="module")
 def long_video(world):
     """Three 2-second segments: green, blue, red (classes 1, 2, 0), 96 frames at 16 fps."""
