@@ -283,3 +283,5 @@ def test_bar_labels_name_a_single_backbone_once(tmp_path, monkeypatch):
     figures.plot_bars(two, tmp_path / "b.png")
     labels = [t.get_text() for t in figs[-1].axes[0].get_xticklabels()]
     assert labels[0] == "vmae + meanFC" and labels[-1] == "unif + STE_head d1"
+    assert [ln.get_xdata()[0] for ln in figs[-1].axes[0].lines if ln.get_linestyle() == "--"] == [2.5]
+    assert not [ln for ln in figs[0].axes[0].lines if ln.get_linestyle() == "--"]  # one backbone: no rule

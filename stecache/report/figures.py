@@ -82,6 +82,9 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
             mark = " †" if c.degenerate else ""
             ax.text(xi, m + s + top * 0.02, f"{m:.1f}{mark}", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
+        for i in range(1, len(t.rows)) if not backbone else ():  # several backbones: a rule between groups
+            if t.rows[i].partition(" + ")[0] != t.rows[i - 1].partition(" + ")[0]:
+                ax.axvline(i - 0.5, color="#999999", lw=0.6, ls="--")
         name, _, metric = t.cols[j].rstrip(")").partition(" (")  # "synth (F1)": panel synth, axis F1
         ax.set_ylabel(f"{metric or name} (%)")
         ax.set_ylim(0, max(top * 1.18, 1.0))
