@@ -135,7 +135,7 @@ def selection_score(m: dict, multi_label: bool) -> float:
     return -np.inf if v is None or np.isnan(v) else float(v)
 
 
-def degenerate(probs: np.ndarray, multi_label: bool, threshold: float = 0.5) -> str:
+def degenerate(probs: np.ndarray, multi_label: bool, threshold: float = 0.5, class_names=None) -> str:
     """Why a run's predictions carry no information ("" when they do): multi-label, no clip gets any label
     at `threshold`, or every clip gets the same label set; single-label, every clip gets the same class."""
     probs = np.asarray(probs)
@@ -149,7 +149,8 @@ def degenerate(probs: np.ndarray, multi_label: bool, threshold: float = 0.5) -> 
             return f"the same labels for every clip at threshold {threshold:.2f}"
         return ""
     top1 = probs.argmax(1)
-    return f"class {int(top1[0])} for every clip" if len(probs) > 1 and (top1 == top1[0]).all() else ""
+    name = f" ({class_names[int(top1[0])]})" if class_names is not None else ""
+    return f"class {int(top1[0])}{name} for every clip" if len(probs) > 1 and (top1 == top1[0]).all() else ""
 
 
 def summary(m: dict) -> dict:

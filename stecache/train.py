@@ -504,7 +504,7 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         if multi and cfg.tune_threshold:
             metrics["test_tuned"] = M.evaluate_probs(test_probs, test_split.targets(multi), multi, threshold)
     probs = test_probs if test_split is not None else val_probs
-    metrics["degenerate"] = M.degenerate(probs, multi, threshold)
+    metrics["degenerate"] = M.degenerate(probs, multi, threshold, cache.class_names)
     if metrics["degenerate"]:
         log.warning("run %s is degenerate: %s", out.name, metrics["degenerate"])
     _save(json.dumps(_finite(metrics), indent=2) + "\n", out / "metrics.json")

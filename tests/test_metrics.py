@@ -99,6 +99,8 @@ def test_degenerate_predictions():
     assert metrics.degenerate(never, True, 0.1).startswith("the same labels for every clip")
     assert metrics.degenerate(np.array([[0.6, 0.1], [0.1, 0.6]]), True) == ""
     assert metrics.degenerate(np.array([[0.6, 0.4], [0.7, 0.3]]), False) == "class 0 for every clip"
+    named = metrics.degenerate(np.array([[0.6, 0.4], [0.7, 0.3]]), False, class_names=["walk", "run"])
+    assert named == "class 0 (walk) for every clip"  # the console and the report name the class
     assert metrics.degenerate(np.array([[0.6, 0.4], [0.3, 0.7]]), False) == ""
 
 
