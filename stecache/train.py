@@ -602,7 +602,10 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None,
     run_dir = Path(run_dir)
     rec = read_run(run_dir)
     cfg = TrainConfig.from_dict(rec["config"])
-    c = open_cache(cache or rec["cache"]["url"])
+    url = cache or rec["cache"]["url"]
+    if cache is None and "://" not in str(url) and not Path(url).exists():  # moved: say which flag helps
+        raise RunError(f"{url}: the cache run {run_dir} was trained on is not there; moved? pass --cache")
+    c = open_cache(url)
     if c.fingerprint != rec["cache"]["fingerprint"]:
         old = rec.get("cache_attrs", {})
         diff = [line.split(":")[0] for line in attrs_diff(old, c.attrs)]

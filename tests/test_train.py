@@ -22,7 +22,7 @@ from stecache import data as D
 from stecache import metrics as M
 from stecache import train as T
 from stecache.cache import Row, create_cache
-from stecache.errors import CacheIncomplete, CacheMismatch, EmptySplit, HeadConfigError, TrainError
+from stecache.errors import CacheIncomplete, CacheMismatch, EmptySplit, HeadConfigError, RunError, TrainError
 
 DEPTH = {"meanfc": 0, "tr": 1, "ste": 1, "stemean": 1, "patch": 0}
 FAST = dict(epochs=6, batch_size=16, lr=0.05)  # lr 0.05/256·16 ≈ 3e-3 after scaling
@@ -267,6 +267,16 @@ def test_epoch_line_prints_val_metric_in_percent_like_the_summary(toy, tmp_path,
         T.train(cfg, toy, tmp_path / "r", progress=False)
     acc1 = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])["val"]["acc1"]
     assert "epoch 1: loss" in caplog.text and f"val acc1 {100 * acc1:.2f}" in caplog.text
+
+
+def test_evaluate_after_the_cache_moved_names_the_flag(toy, tmp_path):
+    moved = tmp_path / "old.zarr"
+    shutil.copytree(toy, moved)
+    T.train(T.TrainConfig(head="meanfc", depth=0, epochs=1), str(moved), tmp_path / "r", progress=False)
+    shutil.rmtree(moved)
+    with pytest.raises(RunError, match=r"old\.zarr: the cache run .* is not there; moved\? pass --cache"):
+        T.evaluate(tmp_path / "r", "val")  # was "no feature cache here ...; make one with `stecache extract`"
+    assert T.evaluate(tmp_path / "r", "val", cache=toy)["clips"] == 40  # the same cache elsewhere
 
 
 DDP_SCRIPT = """
