@@ -252,6 +252,8 @@ def test_one_csv_with_split_column_and_per_split_data_roots(tmp_path):
         ("test", None),
     ]
     assert ds.root_of(ds.clips[1]) == tmp_path / "other"
+    with pytest.raises(AnnotationError, match=r"data\.csv: no --data-root for split 'test' \(given for tr"):
+        load_dataset([(None, f)], {"train": tmp_path / "main", "val": tmp_path / "other"})  # was train's
 
 
 # ---- held-out validation ---
