@@ -117,7 +117,10 @@ def test_run_figure_has_percent_title_colorbar_and_300_dpi(tmp_path, monkeypatch
         m = {"confusion": [[3, 1], [0, 4]], "acc1": 0.875}
     metrics.plot_metrics(m, ["a", "b"], multi, tmp_path / "f.png")
     title = figs[0].axes[0].get_title()
-    assert title == ("test: per-class F1 at threshold 0.30 (macro-F1 37.5 %)" if multi
+    assert title == ("test: per-class F1\nat threshold 0.30 (macro-F1 37.5 %)" if multi
                      else "test: confusion (Acc@1 87.5 %)")  # fmt: skip
+    figs[0].canvas.draw()
+    box = figs[0].axes[0].title.get_window_extent()
+    assert figs[0].bbox.x0 <= box.x0 and box.x1 <= figs[0].bbox.x1  # the title is not cut off
     assert len(figs[0].axes) == (1 if multi else 2)  # the confusion matrix has its colorbar
     assert Image.open(tmp_path / "f.png").info["dpi"][0] == pytest.approx(300, abs=1)
