@@ -147,8 +147,10 @@ def timeline_files(
 ) -> Iterator[dict]:
     """Per video, as it finishes: {"path", "record" (a timeline_record) or None, "files" written, "error"}.
 
-    A video that cannot be decoded gets its error and no record; the others still run.
+    A video that cannot be decoded gets its error and no record; the others still run. Videos with the same
+    stem (a.mp4, a.avi, x/a.mp4) get distinct file names (a, a.avi, a-3) instead of overwriting each other.
     """
+    used: set[str] = set()
     for path in paths:
         try:
             tl = timeline(pred, path, window, stride)
@@ -156,7 +158,10 @@ def timeline_files(
             yield {"path": str(path), "record": None, "files": [], "error": f"{type(e).__name__}: {e}"}
             continue
         rec = timeline_record(tl, pred.class_names, pred.multi_label, pred.threshold)
-        yield {"path": str(path), "record": rec, "files": write_timeline(rec, out_dir), "error": None}
+        stem = Path(path).stem if Path(path).stem not in used else Path(path).name
+        stem = stem if stem not in used else f"{Path(path).stem}-{len(used) + 1}"
+        used.add(stem)
+        yield {"path": str(path), "record": rec, "files": write_timeline(rec, out_dir, stem), "error": None}
 
 
 def timelines_csv(records: list[dict]) -> str:
@@ -165,11 +170,12 @@ def timelines_csv(records: list[dict]) -> str:
     return "\n".join([tables[0][0], *(t[1] for t in tables if len(t) > 1)]) if tables else ""
 
 
-def write_timeline(rec: dict, out_dir: str | Path) -> list[Path]:
+def write_timeline(rec: dict, out_dir: str | Path, stem: str | None = None) -> list[Path]:
     """Write a `timeline_record` as <stem>.timeline.json, .csv and .png into out_dir; the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{Path(rec['path']).stem}.timeline{ext}" for ext in (".json", ".csv", ".png")]
+    stem = stem or Path(rec["path"]).stem
+    paths = [out_dir / f"{stem}.timeline{ext}" for ext in (".json", ".csv", ".png")]
     paths[0].write_text(json.dumps(rec, indent=2) + "\n")
     paths[1].write_text(timeline_csv(rec) + "\n")
     _plot(rec, paths[2])

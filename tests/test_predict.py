@@ -445,6 +445,20 @@ def test_timeline_files_skip_a_bad_video_and_keep_the_rest(pred, long_video, tmp
     assert csv_text.count("path,start,end") == 1 and len(csv_text.splitlines()) == 1 + 2 * 11
 
 
+def test_timeline_files_of_videos_with_one_stem_do_not_overwrite_each_other(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    fake = {"fps": 10.0, "frames": 20, "window": 2.0, "stride": 2.0,
+            "windows": [{"start": 0.0, "end": 2.0, "probs": [0.7, 0.3]}]}  # fmt: skip
+    monkeypatch.setattr(TL, "timeline", lambda pred, path, window, stride: {**fake, "path": str(path)})
+    pred = SimpleNamespace(class_names=["a", "b"], multi_label=False, threshold=0.5)
+    paths = ["v/test.mp4", "v/test.avi", "w/test.avi"]  # mmaction2's tests/data has test.mp4 and test.avi
+    results = list(TL.timeline_files(pred, paths, 2.0, 2.0, tmp_path))
+    names = [r["files"][0].name for r in results]
+    assert names == ["test.timeline.json", "test.avi.timeline.json", "test-3.timeline.json"]
+    assert [json.loads((tmp_path / n).read_text())["path"] for n in names] == paths
+
+
 RANDOM_WEIGHTS = "stecache: warning: backbone 'videomaev2-tiny' has RANDOM weights"
 
 
