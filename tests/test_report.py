@@ -285,3 +285,10 @@ def test_bar_labels_name_a_single_backbone_once(tmp_path, monkeypatch):
     assert labels[0] == "vmae + meanFC" and labels[-1] == "unif + STE_head d1"
     assert [ln.get_xdata()[0] for ln in figs[-1].axes[0].lines if ln.get_linestyle() == "--"] == [2.5]
     assert not [ln for ln in figs[0].axes[0].lines if ln.get_linestyle() == "--"]  # one backbone: no rule
+    recs = [_rec(h, d, s, 0.5) for h, d in [("meanfc", 0), ("linear", 0), *(("ste", d) for d in range(5)),
+            ("stemean", 1), ("tr", 1)] for s in range(2)]  # fmt: skip
+    grid = report.grid_tables(recs)[0]  # rows "meanfc d0", ...: no backbone in the labels
+    figures.plot_bars(grid, tmp_path / "c.png")
+    assert not [ln for ln in figs[-1].axes[0].lines if ln.get_linestyle() == "--"]  # was a rule between all
+    bars = figs[-1].axes[0].patches
+    assert len(grid.rows) == 9 and [b.get_hatch() for b in bars].count("//") == 1  # 9th colour: hatched

@@ -72,7 +72,8 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
         top = np.nanmax(mean + std) if np.isfinite(mean).any() else 1.0
         stub = max(top, 1.0) * 0.006  # a zero bar stays visible as a thin stub
         colors = [PALETTE[kinds.index(r.split(" + ")[-1]) % len(PALETTE)] for r in t.rows]
-        ax.bar(x, np.where(np.isfinite(mean), np.maximum(mean, stub), 0), 0.7, color=colors,
+        hatch = ["//" if kinds.index(r.split(" + ")[-1]) >= len(PALETTE) else None for r in t.rows]  # 9th+
+        ax.bar(x, np.where(np.isfinite(mean), np.maximum(mean, stub), 0), 0.7, color=colors, hatch=hatch,
                yerr=std, capsize=2.5, error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
                edgecolor="#333333", linewidth=0.4)  # fmt: skip
         for xi, m, s, c in zip(x, mean, std, cells, strict=True):
@@ -82,7 +83,8 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
             mark = " †" if c.degenerate else ""
             ax.text(xi, m + s + top * 0.02, f"{m:.1f}{mark}", ha="center", va="bottom", fontsize=6)
         ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
-        for i in range(1, len(t.rows)) if not backbone else ():  # several backbones: a rule between groups
+        grouped = not backbone and all(" + " in r for r in t.rows)
+        for i in range(1, len(t.rows)) if grouped else ():  # several backbones: a rule between groups
             if t.rows[i].partition(" + ")[0] != t.rows[i - 1].partition(" + ")[0]:
                 ax.axvline(i - 0.5, color="#999999", lw=0.6, ls="--")
         name, _, metric = t.cols[j].rstrip(")").partition(" (")  # "synth (F1)": panel synth, axis F1
