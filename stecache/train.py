@@ -260,6 +260,11 @@ def run_name(cfg: TrainConfig, cache) -> str:
 
 
 def _check_classes(cache, train: D.SplitData) -> None:
+    if not cache.multi_label and len(cache.class_names) < 2:  # softmax over one class: always 100 %
+        raise TrainError(
+            f"cache {cache.url}: a single-label cache with one class ({cache.class_names[0]}) has nothing to "
+            "classify; add a negative class (e.g. 'others') or make the cache multi-label (one sigmoid)"
+        )
     counts = train.labels.sum(0)
     missing = [cache.class_names[k] for k in np.flatnonzero(counts == 0)]
     if missing:

@@ -151,6 +151,9 @@ def test_errors(toy, tmp_path):
     no_c = tiny_cache("noc.zarr", ["train", "train", "val", "val"], [0, 1, 2, 0])
     with pytest.raises(TrainError, match="1 class\\(es\\) \\(c\\) have no training clips"):
         T.train(T.TrainConfig(head="meanfc"), no_c, runs_root=tmp_path)
+    one = tiny_cache("one.zarr", ["train", "val"], [0, 0], ["walk"])  # was trained and reported 100 % acc1
+    with pytest.raises(TrainError, match=r"one class \(walk\) has nothing to classify"):
+        T.train(T.TrainConfig(head="meanfc"), one, runs_root=tmp_path)
     many = tiny_cache("many.zarr", ["train", "val"], [0, 1], [f"class{k}" for k in range(128)])  # mmaction2's
     with pytest.raises(TrainError) as e:  # rawframe test list: label 127 only; the reason must fit one line
         T.train(T.TrainConfig(head="meanfc"), many, runs_root=tmp_path)
