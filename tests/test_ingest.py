@@ -508,6 +508,15 @@ def test_check_data_reports_a_broken_dataset_without_a_cache(tmp_path, clip_mp4)
     assert not list(tmp_path.glob("**/*.zarr"))
 
 
+def test_check_data_warns_about_a_single_label_dataset_of_one_class():
+    from stecache.checkdata import format_report
+
+    report = {"classes": ["walk"], "multi_label": False, "splits": {"train": {"clips": 2, "ok": 2}},
+              "per_class": {"train": [2]}, "classes_without_train_clips": [], "problems": [], "errors": 0}  # fmt: skip
+    assert "warning: one class in a single-label dataset: train-head refuses it" in format_report(report)
+    assert "one class" not in format_report({**report, "multi_label": True})  # a sigmoid: a fine detector
+
+
 def test_info_warns_about_a_class_without_training_clips(tmp_path, clip_mp4, fake_backbone):
     link_videos(tmp_path, ["a.mp4", "b.mp4"], clip_mp4)
     tr = write(tmp_path / "train.csv", "path,label\na.mp4,run\n")
