@@ -155,7 +155,7 @@ def format_report(report: dict, limit: int = 30) -> str:
     if len(missing) > 5:
         lines.append(f"warning: ... and {len(missing) - 5} more classes have no training clip")
     if len(report["classes"]) == 1 and not report["multi_label"]:
-        lines.append("warning: one class in a single-label dataset: train-head refuses it (nothing to classify)")
+        lines.append("warning: one class in a single-label dataset: train-head refuses it")
     for p in report["problems"][:limit]:
         lines.append(f"{p['status']:<18} {p['split']:<6} {p['clip_id']}: {p['detail']}")
     if len(report["problems"]) > limit:

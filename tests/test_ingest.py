@@ -512,7 +512,8 @@ def test_check_data_warns_about_a_single_label_dataset_of_one_class():
     from stecache.checkdata import format_report
 
     report = {"classes": ["walk"], "multi_label": False, "splits": {"train": {"clips": 2, "ok": 2}},
-              "per_class": {"train": [2]}, "classes_without_train_clips": [], "problems": [], "errors": 0}  # fmt: skip
+              "per_class": {"train": [2]}, "classes_without_train_clips": [], "problems": [],
+              "errors": 0}  # fmt: skip
     assert "warning: one class in a single-label dataset: train-head refuses it" in format_report(report)
     assert "one class" not in format_report({**report, "multi_label": True})  # a sigmoid: a fine detector
 
