@@ -599,6 +599,14 @@ def load_weights(head, weights: Path) -> None:
         raise RunError(f"{weights}: not this run's head weights ({why})") from None
 
 
+def run_cache_url(run_dir: Path, rec: dict, cache: str | None = None) -> str:
+    """`cache`, else the cache the run was trained on; RunError naming --cache when that one has moved."""
+    url = cache or rec["cache"]["url"]
+    if cache is None and "://" not in str(url) and not Path(url).exists():
+        raise RunError(f"{url}: the cache run {run_dir} was trained on is not there; moved? pass --cache")
+    return url
+
+
 def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None, device="cpu") -> dict:
     """Metrics of run `run_dir`'s best head on `split` of its cache (or of `cache`, same fingerprint)."""
     from .cache import attrs_diff, open_cache
@@ -607,10 +615,7 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None,
     run_dir = Path(run_dir)
     rec = read_run(run_dir)
     cfg = TrainConfig.from_dict(rec["config"])
-    url = cache or rec["cache"]["url"]
-    if cache is None and "://" not in str(url) and not Path(url).exists():  # moved: say which flag helps
-        raise RunError(f"{url}: the cache run {run_dir} was trained on is not there; moved? pass --cache")
-    c = open_cache(url)
+    c = open_cache(run_cache_url(run_dir, rec, cache))
     if c.fingerprint != rec["cache"]["fingerprint"]:
         old = rec.get("cache_attrs", {})
         diff = [line.split(":")[0] for line in attrs_diff(old, c.attrs)]
