@@ -154,6 +154,8 @@ def format_report(report: dict, limit: int = 30) -> str:
     lines += [f"warning: class {name!r} has no training clip" for name in missing[:5]]
     if len(missing) > 5:
         lines.append(f"warning: ... and {len(missing) - 5} more classes have no training clip")
+    if len(report["classes"]) == 1 and not report["multi_label"]:
+        lines.append("warning: one class in a single-label dataset: train-head refuses it")
     for p in report["problems"][:limit]:
         lines.append(f"{p['status']:<18} {p['split']:<6} {p['clip_id']}: {p['detail']}")
     if len(report["problems"]) > limit:

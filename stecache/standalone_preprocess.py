@@ -255,7 +255,11 @@ def main(argv=None) -> int:
         if len(found) != 1:
             ap.error(f"give --spec: {len(found)} .json files beside {Path(__file__).name}")
         spec_path = found[0]
-    x = load_views(args.video, load_spec(spec_path))
+    try:
+        x = load_views(args.video, load_spec(spec_path))
+    except (OSError, ValueError, av.FFmpegError) as e:  # missing, not a video, no frames: one line, exit 1
+        print(f"preprocess.py: {args.video}: cannot read it ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
     print(f"{args.video}: views {list(x.shape)} float32")
     if args.out:
         np.save(args.out, x)

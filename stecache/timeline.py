@@ -133,7 +133,7 @@ def format_segments(rec: dict) -> str:
     lines = [f"{rec['path']}: {len(rec['windows'])} windows of {rec['window']} s every {rec['stride']} s"]
     runs: list[list] = []
     for win in rec["windows"]:
-        if runs and runs[-1][2] == win["top"]:
+        if runs and runs[-1][2] == win["top"] and win["start"] <= runs[-1][1]:  # stride > window: gaps split
             runs[-1][1], runs[-1][3] = win["end"], runs[-1][3] + [win["score"]]
         else:
             runs.append([win["start"], win["end"], win["top"], [win["score"]]])
@@ -147,8 +147,10 @@ def timeline_files(
 ) -> Iterator[dict]:
     """Per video, as it finishes: {"path", "record" (a timeline_record) or None, "files" written, "error"}.
 
-    A video that cannot be decoded gets its error and no record; the others still run.
+    A video that cannot be decoded gets its error and no record; the others still run. Videos with the same
+    stem (a.mp4, a.avi, x/a.mp4) get distinct file names (a, a.avi, a-3) instead of overwriting each other.
     """
+    used: set[str] = set()
     for path in paths:
         try:
             tl = timeline(pred, path, window, stride)
@@ -156,7 +158,10 @@ def timeline_files(
             yield {"path": str(path), "record": None, "files": [], "error": f"{type(e).__name__}: {e}"}
             continue
         rec = timeline_record(tl, pred.class_names, pred.multi_label, pred.threshold)
-        yield {"path": str(path), "record": rec, "files": write_timeline(rec, out_dir), "error": None}
+        stem = Path(path).stem if Path(path).stem not in used else Path(path).name
+        stem = stem if stem not in used else f"{Path(path).stem}-{len(used) + 1}"
+        used.add(stem)
+        yield {"path": str(path), "record": rec, "files": write_timeline(rec, out_dir, stem), "error": None}
 
 
 def timelines_csv(records: list[dict]) -> str:
@@ -165,11 +170,12 @@ def timelines_csv(records: list[dict]) -> str:
     return "\n".join([tables[0][0], *(t[1] for t in tables if len(t) > 1)]) if tables else ""
 
 
-def write_timeline(rec: dict, out_dir: str | Path) -> list[Path]:
+def write_timeline(rec: dict, out_dir: str | Path, stem: str | None = None) -> list[Path]:
     """Write a `timeline_record` as <stem>.timeline.json, .csv and .png into out_dir; the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{Path(rec['path']).stem}.timeline{ext}" for ext in (".json", ".csv", ".png")]
+    stem = stem or Path(rec["path"]).stem
+    paths = [out_dir / f"{stem}.timeline{ext}" for ext in (".json", ".csv", ".png")]
     paths[0].write_text(json.dumps(rec, indent=2) + "\n")
     paths[1].write_text(timeline_csv(rec) + "\n")
     _plot(rec, paths[2])
@@ -187,11 +193,12 @@ def _plot(rec: dict, path: Path) -> None:
     probs = np.array([[w["scores"][c] for c in names] for w in ws])  # [W, K]
     centres = np.array([(w["start"] + w["end"]) / 2 for w in ws])
     k, half = len(names), rec["stride"] / 2
+    # cell edges halfway between window centres: the tail window (off the stride grid) sits under its marker
+    mid = (centres[1:] + centres[:-1]) / 2
+    first = centres[0] - (mid[0] - centres[0] if len(mid) else half)
+    edges = np.concatenate([[first], mid, [centres[-1] + (centres[-1] - mid[-1] if len(mid) else half)]])
     fig, ax = plt.subplots(figsize=(max(6.0, min(16.0, 0.3 * len(ws) + 4)), 1.2 + 0.35 * k))
-    im = ax.imshow(
-        probs.T, aspect="auto", origin="lower", cmap="viridis", vmin=0, vmax=1, interpolation="nearest",
-        extent=(centres[0] - half, centres[-1] + half, -0.5, k - 0.5),
-    )  # fmt: skip
+    im = ax.pcolormesh(edges, np.arange(k + 1) - 0.5, probs.T, cmap="viridis", vmin=0, vmax=1)
     if rec["multi_label"]:
         xs, ys = np.nonzero(probs >= rec["threshold"])
         ax.scatter(centres[xs], ys, label=f"score >= {rec['threshold']:.2f}", marker="s", **MARK)

@@ -263,11 +263,17 @@ def run_name(cfg: TrainConfig, cache) -> str:
 
 
 def _check_classes(cache, train: D.SplitData) -> None:
+    if not cache.multi_label and len(cache.class_names) < 2:  # softmax over one class: always 100 %
+        raise TrainError(
+            f"cache {cache.url}: a single-label cache with one class ({cache.class_names[0]}) has nothing to "
+            "classify; add a negative class (e.g. 'others') or make the cache multi-label (one sigmoid)"
+        )
     counts = train.labels.sum(0)
     missing = [cache.class_names[k] for k in np.flatnonzero(counts == 0)]
     if missing:
-        raise TrainError(
-            f"cache {cache.url}: class(es) {', '.join(missing)} have no training clips; "
+        names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise TrainError(  # a few names: the one-line message must keep its reason and the remedy
+            f"cache {cache.url}: {len(missing)} class(es) ({names}) have no training clips; "
             "add examples or drop the class from the annotations"
         )
 
@@ -408,7 +414,7 @@ def _train(cfg, cache_url, out_dir, runs_root, resume, progress, device, keep_ch
             rng = torch.get_rng_state()
             save_epoch(out, head, opt, rng, epoch, best, best_epoch, history, identity, cuda_rng)
             tb.log_epoch(out, entry)
-            log.info("epoch %d: loss %.4f val %s %.4f", epoch + 1, entry["loss"], key, val[key])
+            log.info("epoch %d: loss %.4f val %s %.2f", epoch + 1, entry["loss"], key, 100 * val[key])  # in %
     if rank != 0:
         torch.distributed.barrier()
         return {}
@@ -520,12 +526,12 @@ def finish(out: Path, cfg: TrainConfig, cache, val_split, best_epoch: int, histo
         if multi and cfg.tune_threshold:
             metrics["test_tuned"] = M.evaluate_probs(test_probs, test_split.targets(multi), multi, threshold)
     probs = test_probs if test_split is not None else val_probs
-    metrics["degenerate"] = M.degenerate(probs, multi, threshold)
+    metrics["degenerate"] = M.degenerate(probs, multi, threshold, cache.class_names)
     if metrics["degenerate"]:
         log.warning("run %s is degenerate: %s", out.name, metrics["degenerate"])
     _save(json.dumps(_finite(metrics), indent=2) + "\n", out / "metrics.json")
     M.plot_metrics(
-        metrics.get("test", val),
+        metrics.get("test_tuned") or metrics.get("test", val),  # multi-label: at the val-tuned threshold
         cache.class_names,
         multi,
         out / ("per_class_f1.png" if multi else "confusion.png"),
@@ -610,6 +616,14 @@ def load_weights(head, weights: Path) -> None:
         raise RunError(f"{weights}: not this run's head weights ({why})") from None
 
 
+def run_cache_url(run_dir: Path, rec: dict, cache: str | None = None) -> str:
+    """`cache`, else the cache the run was trained on; RunError naming --cache when that one has moved."""
+    url = cache or rec["cache"]["url"]
+    if cache is None and "://" not in str(url) and not Path(url).exists():
+        raise RunError(f"{url}: the cache run {run_dir} was trained on is not there; moved? pass --cache")
+    return url
+
+
 def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None, device="cpu") -> dict:
     """Metrics of run `run_dir`'s best head on `split` of its cache (or of `cache`, same fingerprint)."""
     from .cache import attrs_diff, open_cache
@@ -618,7 +632,7 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None,
     run_dir = Path(run_dir)
     rec = read_run(run_dir)
     cfg = TrainConfig.from_dict(rec["config"])
-    c = open_cache(cache or rec["cache"]["url"])
+    c = open_cache(run_cache_url(run_dir, rec, cache))
     if c.fingerprint != rec["cache"]["fingerprint"]:
         old = rec.get("cache_attrs", {})
         diff = [line.split(":")[0] for line in attrs_diff(old, c.attrs)]

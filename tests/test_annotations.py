@@ -117,7 +117,9 @@ A = '[\n {"path": "a.mp4", "label": ["walk"]},\n '  # a good first record; the b
 MALFORMED = [
     ("mmaction", "list.txt", "a.mp4 0\nb.mp4\n", 2, "no label"),
     ("mmaction", "list.txt", "a.mp4 0\n\nb.mp4 x\n", 3, "no label after 'b.mp4 x'"),
-    ("mmaction", "list.txt", "a.mp4 -1\n", 1, "no label after"),
+    ("mmaction", "list.txt", "a.mp4 -1\n", 1, "no label after 'a.mp4 -1': '-1' is not a class index"),
+    ("mmaction", "list.txt", "a.mp4 1.0\n", 1, "no label after 'a.mp4 1.0': '1.0' is not a class index"),
+    ("mmaction", "list.txt", "a.mp4 9999999999\n", 1, "'9999999999' is not a class index (0 to 999999999)"),
     ("mmaction", "list.txt", "a.mp4 0\nb.mp4 3\n", 2, "out of range"),
     ("mmaction", "list.txt", "a.mp4 0\n../../etc/passwd.mp4 1\n", 2, "escapes the data root"),
     ("mmaction", "list.txt", "/abs/a.mp4 0\n", 1, "absolute path"),

@@ -85,6 +85,19 @@ def run_isolated(folder: Path, code: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_reference_preprocess_script_reports_a_bad_video_in_one_line(tmp_path, capsys):
+    from stecache.standalone_preprocess import main
+
+    sampling, pre = Sampling(rule="uniform", clip_len=4), Preprocess(short_side=32, crop_size=32)
+    spec = preprocess_spec(SimpleNamespace(sampling=sampling, preprocess=pre, num_views=1))
+    (tmp_path / "model.json").write_text(json.dumps({"preprocess": spec}))
+    (tmp_path / "notes.txt").write_text("not a video")
+    for video in (tmp_path / "missing.mp4", tmp_path / "notes.txt"):  # were PyAV tracebacks
+        assert main([str(video), "--spec", str(tmp_path / "model.json")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{video}: cannot read it" in err
+
+
 def test_reference_preprocess_matches_load_clip_in_a_clean_interpreter(tmp_path):
     folder = tmp_path / "export"
     folder.mkdir()

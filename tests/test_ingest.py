@@ -253,6 +253,8 @@ def test_one_csv_with_split_column_and_per_split_data_roots(tmp_path):
         ("test", None),
     ]
     assert ds.root_of(ds.clips[1]) == tmp_path / "other"
+    with pytest.raises(AnnotationError, match=r"data\.csv: no --data-root for split 'test' \(given for tr"):
+        load_dataset([(None, f)], {"train": tmp_path / "main", "val": tmp_path / "other"})  # was train's
 
 
 # ---- held-out validation ---
@@ -465,6 +467,17 @@ def test_csv_segments_and_boxes_give_many_clips_from_one_file(tmp_path, long_vid
     np.testing.assert_allclose(open_cache(tmp_path / "c.zarr").read([1])[0], ref[0].numpy(), atol=1e-3)
 
 
+def test_a_sub_pixel_pixel_box_is_refused_as_a_typo(tmp_path):
+    f = write(tmp_path / "a.csv", "path,label,x1,y1,x2,y2\na.mp4,a,0.1,0.1,0.5,2\nb.mp4,a,0,0,0.5,0.9\n")
+    with pytest.raises(AnnotationError, match=r"a.csv:2: box 0.1,0.1,0.5,2.0: in pixels .* under one pixel"):
+        read_annotations(f, data_root=tmp_path)  # was a 1x2 pixel crop, upscaled
+    f.write_text("path,label,x1,y1,x2,y2\na.mp4,a,10,10,10.5,20\nb.mp4,a,10,10,11,20\n")
+    with pytest.raises(AnnotationError, match=r"a.csv:2: box 10.0,10.0,10.5,20.0"):
+        read_annotations(f, data_root=tmp_path)
+    f.write_text("path,label,x1,y1,x2,y2\na.mp4,a,0.1,0.1,0.5,0.9\nb.mp4,a,10,10,11,20\n")
+    assert len(read_annotations(f, data_root=tmp_path)) == 2  # normalised, and a 1-pixel-wide pixel box
+
+
 # ---- check-data, info, import-h5 ---
 
 
@@ -496,6 +509,16 @@ def test_check_data_reports_a_broken_dataset_without_a_cache(tmp_path, clip_mp4)
     assert not list(tmp_path.glob("**/*.zarr"))
 
 
+def test_check_data_warns_about_a_single_label_dataset_of_one_class():
+    from stecache.checkdata import format_report
+
+    report = {"classes": ["walk"], "multi_label": False, "splits": {"train": {"clips": 2, "ok": 2}},
+              "per_class": {"train": [2]}, "classes_without_train_clips": [], "problems": [],
+              "errors": 0}  # fmt: skip
+    assert "warning: one class in a single-label dataset: train-head refuses it" in format_report(report)
+    assert "one class" not in format_report({**report, "multi_label": True})  # a sigmoid: a fine detector
+
+
 def test_info_warns_about_a_class_without_training_clips(tmp_path, clip_mp4, fake_backbone):
     link_videos(tmp_path, ["a.mp4", "b.mp4"], clip_mp4)
     tr = write(tmp_path / "train.csv", "path,label\na.mp4,run\n")
@@ -510,9 +533,12 @@ def test_info_warns_about_a_class_without_training_clips(tmp_path, clip_mp4, fak
         ["walk", "0", "1"],
     ]
     with pytest.raises(
-        AnnotationError, match=r"val\.csv:2: clip 'a\.mp4' appears again \(first in .*train\.csv:2"
+        AnnotationError, match=r"val\.csv:2: clip 'a\.mp4' appears again \(split val here, split train in "
     ):
         dataset_from_annotations([("train", tr), ("val", write(va, "path,label\na.mp4,walk\n"))], tmp_path)
+    lst = write(tmp_path / "list.txt", "a.mp4 0\n")  # one list given for two splits: the line is the same
+    with pytest.raises(AnnotationError, match=r"list\.txt:1: clip 'a\.mp4' appears again \(split val here"):
+        dataset_from_annotations([("train", lst), ("val", lst)], tmp_path)
 
 
 def test_import_h5_split_from_dataset_or_flag(tmp_path):

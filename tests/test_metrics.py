@@ -99,4 +99,28 @@ def test_degenerate_predictions():
     assert metrics.degenerate(never, True, 0.1).startswith("the same labels for every clip")
     assert metrics.degenerate(np.array([[0.6, 0.1], [0.1, 0.6]]), True) == ""
     assert metrics.degenerate(np.array([[0.6, 0.4], [0.7, 0.3]]), False) == "class 0 for every clip"
+    named = metrics.degenerate(np.array([[0.6, 0.4], [0.7, 0.3]]), False, class_names=["walk", "run"])
+    assert named == "class 0 (walk) for every clip"  # the console and the report name the class
     assert metrics.degenerate(np.array([[0.6, 0.4], [0.3, 0.7]]), False) == ""
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_run_figure_has_percent_title_colorbar_and_300_dpi(tmp_path, monkeypatch, multi):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    if multi:
+        m = {"per_class": {"f1": [0.5, 0.25]}, "threshold": 0.3, "macro_f1": 0.375}
+    else:
+        m = {"confusion": [[3, 1], [0, 4]], "acc1": 0.875}
+    metrics.plot_metrics(m, ["a", "b"], multi, tmp_path / "f.png")
+    title = figs[0].axes[0].get_title()
+    assert title == ("test: per-class F1\nat threshold 0.30 (macro-F1 37.5 %)" if multi
+                     else "test: confusion (Acc@1 87.5 %)")  # fmt: skip
+    figs[0].canvas.draw()
+    box = figs[0].axes[0].title.get_window_extent()
+    assert figs[0].bbox.x0 <= box.x0 and box.x1 <= figs[0].bbox.x1  # the title is not cut off
+    assert len(figs[0].axes) == (1 if multi else 2)  # the confusion matrix has its colorbar
+    assert Image.open(tmp_path / "f.png").info["dpi"][0] == pytest.approx(300, abs=1)

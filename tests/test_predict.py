@@ -188,6 +188,38 @@ def test_windows_hand_computed():
     assert TL.windows(10, 16.0, 1.0, 0.5) == [(0, 10)]  # shorter than one window: the whole video
 
 
+def _rec(spans, tops, stride):
+    names = ["a", "b"]
+    wins = [{"start": a, "end": b, "top": t, "score": 0.9, "scores": {"a": 0.9 if t == "a" else 0.1,
+             "b": 0.1 if t == "a" else 0.9}} for (a, b), t in zip(spans, tops, strict=True)]  # fmt: skip
+    return {"path": "v.mp4", "window": spans[0][1] - spans[0][0], "stride": stride, "windows": wins,
+            "class_names": names, "multi_label": False, "threshold": 0.5}  # fmt: skip
+
+
+def test_timeline_segments_do_not_span_unseen_gaps():
+    def segments(text):
+        return [(ln.split()[0], ln.split()[2], ln.split()[4]) for ln in text.splitlines()[1:]]
+
+    text = TL.format_segments(_rec([(0.0, 2.0), (8.0, 10.0)], ["b", "b"], stride=30.0))  # stride > window
+    assert segments(text) == [("0.00", "2.00", "b"), ("8.00", "10.00", "b")]  # was one "0.00 - 10.00 s"
+    text = TL.format_segments(_rec([(0.0, 2.0), (1.0, 3.0), (2.0, 4.0)], ["b", "b", "a"], stride=1.0))
+    assert segments(text) == [("0.00", "3.00", "b"), ("2.00", "4.00", "a")]  # overlapping windows still merge
+
+
+def test_timeline_heat_map_cells_sit_under_their_window_centres(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    spans = [(0.0, 3.0), (2.0, 5.0), (4.0, 7.0), (6.0, 9.0), (7.0, 10.0)]  # window 3, stride 2, tail at 7
+    TL._plot(_rec(spans, ["a"] * 5, stride=2.0), tmp_path / "t.png")
+    mesh = figs[0].axes[0].collections[0]
+    xs = mesh.get_coordinates()[0, :, 0]  # cell edges along time
+    np.testing.assert_allclose(xs, [0.5, 2.5, 4.5, 6.5, 8.0, 9.0])  # midpoints between centres 1.5 … 8.5
+    centres = [(a + b) / 2 for a, b in spans]
+    assert all(lo < c < hi for lo, c, hi in zip(xs[:-1], centres, xs[1:], strict=True))
+
+
 @pytest.fixture(scope="module")
 def long_video(world):
     """Three 2-second segments: green, blue, red (classes 1, 2, 0), 96 frames at 16 fps."""
@@ -411,6 +443,20 @@ def test_timeline_files_skip_a_bad_video_and_keep_the_rest(pred, long_video, tmp
     assert all(f.exists() for f in results[1]["files"])
     csv_text = TL.timelines_csv([results[1]["record"], results[1]["record"]])
     assert csv_text.count("path,start,end") == 1 and len(csv_text.splitlines()) == 1 + 2 * 11
+
+
+def test_timeline_files_of_videos_with_one_stem_do_not_overwrite_each_other(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    fake = {"fps": 10.0, "frames": 20, "window": 2.0, "stride": 2.0,
+            "windows": [{"start": 0.0, "end": 2.0, "probs": [0.7, 0.3]}]}  # fmt: skip
+    monkeypatch.setattr(TL, "timeline", lambda pred, path, window, stride: {**fake, "path": str(path)})
+    pred = SimpleNamespace(class_names=["a", "b"], multi_label=False, threshold=0.5)
+    paths = ["v/test.mp4", "v/test.avi", "w/test.avi"]  # mmaction2's tests/data has test.mp4 and test.avi
+    results = list(TL.timeline_files(pred, paths, 2.0, 2.0, tmp_path))
+    names = [r["files"][0].name for r in results]
+    assert names == ["test.timeline.json", "test.avi.timeline.json", "test-3.timeline.json"]
+    assert [json.loads((tmp_path / n).read_text())["path"] for n in names] == paths
 
 
 RANDOM_WEIGHTS = "stecache: warning: backbone 'videomaev2-tiny' has RANDOM weights"

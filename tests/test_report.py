@@ -267,3 +267,28 @@ def test_figures_300_dpi_with_vector_twin_and_html_self_contained(tmp_path):
     assert "http" not in page.replace("http-equiv", "") and "<script" not in page  # nothing external
     assert "Table III: STE_head depth" in page and page.count("<details>") == len(recs)
     assert md.exists()
+
+
+def test_bar_labels_name_a_single_backbone_once(tmp_path, monkeypatch):
+    from stecache.report import figures
+
+    figs = []
+    monkeypatch.setattr(figures, "save", lambda fig, png: figs.append(fig) or [png])
+    one = report.table_i(_full())
+    figures.plot_bars(one, tmp_path / "a.png")
+    ax = figs[-1].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["meanFC", "Tr_head d1", "STE_head d1"]
+    assert ax.get_title() == "vmae on synth"  # the backbone once, in the panel title
+    two = report.table_i(_full(backbones=("vmae", "unif")))
+    figures.plot_bars(two, tmp_path / "b.png")
+    labels = [t.get_text() for t in figs[-1].axes[0].get_xticklabels()]
+    assert labels[0] == "vmae + meanFC" and labels[-1] == "unif + STE_head d1"
+    assert [ln.get_xdata()[0] for ln in figs[-1].axes[0].lines if ln.get_linestyle() == "--"] == [2.5]
+    assert not [ln for ln in figs[0].axes[0].lines if ln.get_linestyle() == "--"]  # one backbone: no rule
+    recs = [_rec(h, d, s, 0.5) for h, d in [("meanfc", 0), ("linear", 0), *(("ste", d) for d in range(5)),
+            ("stemean", 1), ("tr", 1)] for s in range(2)]  # fmt: skip
+    grid = report.grid_tables(recs)[0]  # rows "meanfc d0", ...: no backbone in the labels
+    figures.plot_bars(grid, tmp_path / "c.png")
+    assert not [ln for ln in figs[-1].axes[0].lines if ln.get_linestyle() == "--"]  # was a rule between all
+    bars = figs[-1].axes[0].patches
+    assert len(grid.rows) == 9 and [b.get_hatch() for b in bars].count("//") == 1  # 9th colour: hatched

@@ -22,7 +22,7 @@ from stecache import data as D
 from stecache import metrics as M
 from stecache import train as T
 from stecache.cache import Row, create_cache
-from stecache.errors import CacheIncomplete, CacheMismatch, EmptySplit, HeadConfigError, TrainError
+from stecache.errors import CacheIncomplete, CacheMismatch, EmptySplit, HeadConfigError, RunError, TrainError
 
 DEPTH = {"meanfc": 0, "tr": 1, "ste": 1, "stemean": 1, "patch": 0}
 FAST = dict(epochs=6, batch_size=16, lr=0.05)  # lr 0.05/256·16 ≈ 3e-3 after scaling
@@ -105,10 +105,14 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def test_multi_label_run(tmp_path):
+def test_multi_label_run(tmp_path, monkeypatch):
     url = str(tmp_path / "ml.zarr")
     cache = D.toy_cache(url, n_clips=200, multi_label=True, signal=1.5)
+    plotted = []
+    plot = M.plot_metrics
+    monkeypatch.setattr(M, "plot_metrics", lambda m, *a, **k: plotted.append(m) or plot(m, *a, **k))
     m = T.train(T.TrainConfig(head="ste", depth=1, **FAST), url, runs_root=tmp_path, progress=False)
+    assert plotted == [m["test_tuned"]]  # per_class_f1.png at the val-tuned threshold, as the reports lead
     p = cache.labels()[cache.rows("val")].mean(0)
     all_positive = float((2 * p / (1 + p)).mean())  # macro-F1 of predicting every class: ≈ 0.49
     assert m["val"]["macro_f1"] > all_positive + 0.25
@@ -134,10 +138,10 @@ def test_errors(toy, tmp_path):
     with pytest.raises(CacheIncomplete, match="not extracted yet"):
         T.train(T.TrainConfig(), partial, runs_root=tmp_path)
 
-    def tiny_cache(name, splits, labels):
+    def tiny_cache(name, splits, labels, class_names=("a", "b", "c")):
         url = str(tmp_path / name)
         clips = [Row(f"c{i}", (lab,), s) for i, (lab, s) in enumerate(zip(labels, splits, strict=True))]
-        c = create_cache(url, clips=clips, class_names=["a", "b", "c"], multi_label=False,
+        c = create_cache(url, clips=clips, class_names=list(class_names), multi_label=False,
                          feature_shape=(2, 4, 2, 2), num_views=1, provenance={"backbone": "t"})  # fmt: skip
         c.write_shard(
             0, np.zeros((len(clips), 2, 4, 2, 2)), None, np.ones(len(clips), bool), [""] * len(clips)
@@ -145,8 +149,16 @@ def test_errors(toy, tmp_path):
         return url
 
     no_c = tiny_cache("noc.zarr", ["train", "train", "val", "val"], [0, 1, 2, 0])
-    with pytest.raises(TrainError, match="class\\(es\\) c have no training clips"):
+    with pytest.raises(TrainError, match="1 class\\(es\\) \\(c\\) have no training clips"):
         T.train(T.TrainConfig(head="meanfc"), no_c, runs_root=tmp_path)
+    one = tiny_cache("one.zarr", ["train", "val"], [0, 0], ["walk"])  # was trained and reported 100 % acc1
+    with pytest.raises(TrainError, match=r"one class \(walk\) has nothing to classify"):
+        T.train(T.TrainConfig(head="meanfc"), one, runs_root=tmp_path)
+    many = tiny_cache("many.zarr", ["train", "val"], [0, 1], [f"class{k}" for k in range(128)])  # mmaction2's
+    with pytest.raises(TrainError) as e:  # rawframe test list: label 127 only; the reason must fit one line
+        T.train(T.TrainConfig(head="meanfc"), many, runs_root=tmp_path)
+    assert "127 class(es) (class1, class2, class3, class4, class5 and 122 more) have no" in str(e.value)
+    assert len(str(e.value)) < 280  # the CLI cuts longer lines
     no_val = tiny_cache("noval.zarr", ["train"] * 3, [0, 1, 2])
     with pytest.raises(EmptySplit, match="no extracted clips in split 'val'"):
         T.train(T.TrainConfig(head="meanfc"), no_val, runs_root=tmp_path)
@@ -250,6 +262,24 @@ def test_cli_train_and_evaluate(toy, tmp_path, monkeypatch):
     assert f"no --cache: using {toy} (the cache `stecache extract` made last)" in r.output
     r = runner.invoke(cli, ["train-head", "--head", "bogus"])
     assert r.exit_code == 2 and "bogus" in r.output
+
+
+def test_epoch_line_prints_val_metric_in_percent_like_the_summary(toy, tmp_path, caplog):
+    cfg = T.TrainConfig(head="meanfc", depth=0, epochs=1, batch_size=16, lr=0.05)
+    with caplog.at_level("INFO", logger="stecache"):
+        T.train(cfg, toy, tmp_path / "r", progress=False)
+    acc1 = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[0])["val"]["acc1"]
+    assert "epoch 1: loss" in caplog.text and f"val acc1 {100 * acc1:.2f}" in caplog.text
+
+
+def test_evaluate_after_the_cache_moved_names_the_flag(toy, tmp_path):
+    moved = tmp_path / "old.zarr"
+    shutil.copytree(toy, moved)
+    T.train(T.TrainConfig(head="meanfc", depth=0, epochs=1), str(moved), tmp_path / "r", progress=False)
+    shutil.rmtree(moved)
+    with pytest.raises(RunError, match=r"old\.zarr: the cache run .* is not there; moved\? pass --cache"):
+        T.evaluate(tmp_path / "r", "val")  # was "no feature cache here ...; make one with `stecache extract`"
+    assert T.evaluate(tmp_path / "r", "val", cache=toy)["clips"] == 40  # the same cache elsewhere
 
 
 DDP_SCRIPT = """

@@ -92,6 +92,13 @@ def load_dataset(
     for split, path in items:
         root = roots.get(split, default)
         p = _parse(path, fmt, root, split, multi_label, classes)
+        lacking = sorted({e.split for e in p.entries} - set(roots)) if None not in roots else []
+        if lacking:  # only per-split roots given: another split's root would be used silently
+            given, name = ", ".join(map(str, roots)), lacking[0]
+            raise AnnotationError(
+                f"{path}: no --data-root for split {name!r} (given for {given}); add --data-root DIR or "
+                f"{name}=DIR"
+            )
         p.entries = [
             dataclasses.replace(e, root=str(roots[e.split])) if roots.get(e.split, default) != default else e
             for e in p.entries

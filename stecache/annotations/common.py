@@ -153,6 +153,9 @@ def parse_box(values: list[str], source: object, line: int | None) -> Box | None
         raise err(source, line, f"box {','.join(values)!r}: expected four numbers x1,y1,x2,y2") from None
     if not all(map(_finite, (x1, y1, x2, y2))) or min(x1, y1) < 0 or x2 <= x1 or y2 <= y1:
         raise err(source, line, f"box {x1},{y1},{x2},{y2}: need 0 <= x1 < x2 and 0 <= y1 < y2")
+    if max(x1, y1, x2, y2) > 1 and min(x2 - x1, y2 - y1) < 1:  # e.g. 0.1,0.1,0.5,2: a typo, not pixels
+        msg = "in pixels (a value > 1) but under one pixel wide or high; normalised needs all four in [0, 1]"
+        raise err(source, line, f"box {x1},{y1},{x2},{y2}: {msg}")
     return (x1, y1, x2, y2)
 
 

@@ -84,7 +84,8 @@ def build_dataset(
                       "if clips may carry several labels")  # fmt: skip
         if e.clip_id in seen:
             o = seen[e.clip_id]
-            raise err(e.source, e.line, f"clip {e.clip_id!r} appears again (first in {o.source}:{o.line})")
+            where = f"split {e.split} here, split {o.split} in" if e.split != o.split else "first in"
+            raise err(e.source, e.line, f"clip {e.clip_id!r} appears again ({where} {o.source}:{o.line})")
         seen[e.clip_id] = e
         clips.append(Clip(e.path, labels, e.split, e.clip_id, e.start, e.end, e.box, e.root))
     return Dataset(Path(root), classes, tuple(clips), multi, {"classes_from": classes_source})

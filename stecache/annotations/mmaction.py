@@ -9,6 +9,7 @@ with different labels it is an error.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .common import INDEX, Entry, Parsed, err, infer_split, read_text, safe_relpath
@@ -28,7 +29,10 @@ def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classe
         while k > 1 and (INDEX.fullmatch(tokens[k - 1]) or tokens[k - 1] in known):
             k -= 1
         if k == len(tokens):
-            raise err(path, i, f"no label after {raw.strip()!r} (expected 'path label [label ...]')")
+            last = tokens[-1]
+            why = (f": {last!r} is not a class index (0 to 999999999) nor a --classes name" if k > 1 and
+                   re.fullmatch(r"[-+]?[0-9.eE+-]*[0-9][0-9.eE+-]*", last) else "")  # fmt: skip
+            raise err(path, i, f"no label after {raw.strip()!r}{why} (expected 'path label [label ...]')")
         rel = safe_relpath(" ".join(tokens[:k]) if k > 1 else tokens[0], path, i)
         labels = tokens[k:]
         if (root / rel).is_dir() and len(labels) >= 2 and INDEX.fullmatch(labels[0]):

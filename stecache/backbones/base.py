@@ -120,6 +120,11 @@ class Backbone(nn.Module):
         return self.requires_grad_(False).eval().to(device)
 
 
+def uniform_sampling(frames: int) -> dict:
+    """The provenance `sampling` of an encoder that takes `frames` frames spread uniformly, one clip."""
+    return {"rule": "uniform", "clip_len": frames, "frame_interval": 1, "num_clips": 1, "test_mode": True}
+
+
 def warn_random(name: str) -> None:
     """Say loudly that weights are random: a UserWarning (stderr by default; one line in the CLI)."""
     msg = f"backbone {name!r} has RANDOM weights (no checkpoint given): features are meaningless"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from stecache.backbones.base import Backbone, sha256_files
+from stecache.backbones.base import Backbone, sha256_files, uniform_sampling
 from stecache.backbones.image import read_preprocess
 from stecache.errors import CheckpointMismatch
 
@@ -63,13 +63,7 @@ class HFVideoEncoder(Backbone):
             "patch": patch,
             "tubelet": tubelet,
             "width": cfg.hidden_size,
-            "sampling": {
-                "rule": "uniform",
-                "clip_len": T,
-                "frame_interval": 1,
-                "num_clips": 1,
-                "test_mode": True,
-            },
+            "sampling": uniform_sampling(T),
             "preprocess": pre,
             "test_views": [1, 3],
             "feature_layer": "last hidden state (after the model's final norm, if any), CLS/register dropped",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from stecache.backbones.base import Backbone, sha256_files
+from stecache.backbones.base import Backbone, sha256_files, uniform_sampling
 from stecache.errors import CheckpointMismatch
 
 FRAMES = 8  # frames per clip, sampled uniformly over the clip (a per-frame encoder has no native T)
@@ -101,13 +101,7 @@ class ImageEncoder(Backbone):
             "size": self.size,
             "patch": patch,
             "width": vcfg.hidden_size,
-            "sampling": {
-                "rule": "uniform",
-                "clip_len": frames,
-                "frame_interval": 1,
-                "num_clips": 1,
-                "test_mode": True,
-            },
+            "sampling": uniform_sampling(frames),
             "preprocess": pre,
             "test_views": [1, 3],
             "feature_layer": "last hidden state, patch tokens (CLS/register tokens dropped)",

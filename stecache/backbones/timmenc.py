@@ -21,6 +21,7 @@ from stecache.backbones.base import (
     read_state_dict,
     sha256_file,
     strip_prefixes,
+    uniform_sampling,
     warn_random,
 )
 from stecache.errors import CheckpointMismatch
@@ -65,13 +66,7 @@ class TimmEncoder(Backbone):
             "frames": frames,
             "size": size,
             "width": self.channels,
-            "sampling": {
-                "rule": "uniform",
-                "clip_len": frames,
-                "frame_interval": 1,
-                "num_clips": 1,
-                "test_mode": True,
-            },  # fmt: skip
+            "sampling": uniform_sampling(frames),
             "preprocess": {
                 "short_side": round(size / crop_pct),
                 "crop_size": size,

@@ -46,6 +46,14 @@ def _n_text(t: Table) -> str:
     return f"n = {ns[0]} seeds" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]} seeds"
 
 
+def _shared_backbone(rows: list[str]) -> tuple[str, list[str]]:
+    """('vmae', heads) when every row is 'vmae + <head>': the backbone goes into the panel title once."""
+    backbones = {r.partition(" + ")[0] for r in rows}
+    if len(backbones) != 1 or not all(" + " in r for r in rows):
+        return "", list(rows)
+    return backbones.pop(), [r.partition(" + ")[2] for r in rows]
+
+
 def plot_bars(t: Table, path: Path) -> list[Path]:
     """One panel per column (one metric per axis): a bar per row, ± sample std, values written on bars."""
     plt = _plt()
@@ -55,6 +63,7 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
     width = max(2.6, 0.42 * len(t.rows) + 0.8)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 3.1 * nrows), squeeze=False)
     kinds = list(dict.fromkeys(r.split(" + ")[-1] for r in t.rows))  # a head: one colour on every backbone
+    backbone, labels = _shared_backbone(t.rows)
     x = np.arange(len(t.rows))
     for ax, j in zip(axes.flat, cols, strict=False):
         cells = [row[j] for row in t.cells]
@@ -63,7 +72,8 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
         top = np.nanmax(mean + std) if np.isfinite(mean).any() else 1.0
         stub = max(top, 1.0) * 0.006  # a zero bar stays visible as a thin stub
         colors = [PALETTE[kinds.index(r.split(" + ")[-1]) % len(PALETTE)] for r in t.rows]
-        ax.bar(x, np.where(np.isfinite(mean), np.maximum(mean, stub), 0), 0.7, color=colors,
+        hatch = ["//" if kinds.index(r.split(" + ")[-1]) >= len(PALETTE) else None for r in t.rows]  # 9th+
+        ax.bar(x, np.where(np.isfinite(mean), np.maximum(mean, stub), 0), 0.7, color=colors, hatch=hatch,
                yerr=std, capsize=2.5, error_kw={"elinewidth": 0.8, "ecolor": "#333333"},
                edgecolor="#333333", linewidth=0.4)  # fmt: skip
         for xi, m, s, c in zip(x, mean, std, cells, strict=True):
@@ -72,11 +82,15 @@ def plot_bars(t: Table, path: Path) -> list[Path]:
                 continue
             mark = " †" if c.degenerate else ""
             ax.text(xi, m + s + top * 0.02, f"{m:.1f}{mark}", ha="center", va="bottom", fontsize=6)
-        ax.set_xticks(x, t.rows, rotation=35, ha="right", fontsize=7)
+        ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
+        grouped = not backbone and all(" + " in r for r in t.rows)
+        for i in range(1, len(t.rows)) if grouped else ():  # several backbones: a rule between groups
+            if t.rows[i].partition(" + ")[0] != t.rows[i - 1].partition(" + ")[0]:
+                ax.axvline(i - 0.5, color="#999999", lw=0.6, ls="--")
         name, _, metric = t.cols[j].rstrip(")").partition(" (")  # "synth (F1)": panel synth, axis F1
         ax.set_ylabel(f"{metric or name} (%)")
         ax.set_ylim(0, max(top * 1.18, 1.0))
-        ax.set_title(name, fontsize=8)
+        ax.set_title(f"{backbone} on {name}" if backbone else name, fontsize=8)
     for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
     deg = " † = degenerate run(s)." if t.degenerate() else ""
