@@ -159,7 +159,12 @@ def test_every_doc_has_runnable_commands():
 def test_readme_commands_run(tmp_path):
     """Every unmarked shell command of README.md and data/README.md, in order, in one empty folder."""
     commands = [c for doc in DOCS for c in doc_commands((ROOT / doc).read_text(), doc)]
+    assert {where.split(":")[0] for where, _ in commands} == set(DOCS)  # both docs have runnable commands
     run_commands(commands, tmp_path)
+    # what the documented commands promise is there: a cache, a trained run, a sweep and its HTML report
+    made = ["work/cache-videomaev2-tiny.zarr/zarr.json", "runs/ste-d2/best.safetensors",
+            "runs/abl/results.jsonl", "reports/report.html"]  # fmt: skip
+    assert [p for p in made if not (tmp_path / p).is_file()] == [], sorted(p.name for p in tmp_path.iterdir())
 
 
 # ---- documented CLI behaviour ----------------------------------------------------------------------------

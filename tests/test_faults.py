@@ -215,12 +215,14 @@ def _sweep_points(toy, tmp_path, monkeypatch, points) -> tuple[int, int]:
 def test_kill_at_some_writes_of_ablate_resumes_identical(toy, tmp_path, monkeypatch):
     tried, same = _sweep_points(toy, tmp_path, monkeypatch, [1, 5, 17, 20])  # config, epochs 1 and 2, finish
     _tally("ablate (fast subset)", tried, same)
+    assert tried == same == 4
 
 
 @pytest.mark.slow  # every write of a two-head sweep: ~20 kill points
 def test_kill_at_every_write_of_ablate_resumes_identical(toy, tmp_path, monkeypatch):
     tried, same = _sweep_points(toy, tmp_path, monkeypatch, None)
     _tally("ablate", tried, same)
+    assert tried >= 20 and same == tried  # two heads × (config, 2 epochs of logs/weights/state, finish)
 
 
 # ---- results.jsonl -------------------------------------------------------------------------------------
