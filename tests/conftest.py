@@ -64,3 +64,14 @@ def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, n_clips=48, seed=0)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models on a
+    shared 2-core machine run far faster than two fighting threads, and bit-identity checks need one thread
+    count throughout the module."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

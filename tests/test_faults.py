@@ -43,12 +43,7 @@ class Killed(BaseException):
     """A simulated SIGKILL: not an Exception, so nothing in stecache catches it."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # before the module's reference run: bit-identity needs one thread count throughout
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 @pytest.fixture(scope="module")

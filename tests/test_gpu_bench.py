@@ -23,13 +23,7 @@ def _ok(stage: dict) -> list[bool]:
     return [v["ok"] for v in stage.values() if isinstance(v, dict) and "ok" in v]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread is far faster than two fighting threads."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 def test_gpu_script_runs_on_cpu(tmp_path, monkeypatch, synth_dir):

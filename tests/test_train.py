@@ -28,13 +28,7 @@ DEPTH = {"meanfc": 0, "tr": 1, "ste": 1, "stemean": 1, "patch": 0}
 FAST = dict(epochs=6, batch_size=16, lr=0.05)  # lr 0.05/256·16 ≈ 3e-3 after scaling
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny heads on a shared 2-core machine: one thread is ~10× faster than two fighting threads."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 @pytest.fixture(scope="module")
