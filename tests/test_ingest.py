@@ -374,16 +374,16 @@ def test_paths_outside_the_root_are_refused_by_id_and_never_opened(
     )
     ds = load_dataset([("train", lst)], root)
     opened = []
-    import stecache.video as video
+    import stecache.video.decode as decode  # where count_frames / iter_frames look _open up
 
-    real_open = video._open
-    monkeypatch.setattr(video, "_open", lambda p: opened.append(Path(p).name) or real_open(p))
+    real_open = decode._open
+    monkeypatch.setattr(decode, "_open", lambda p: opened.append(Path(p).name) or real_open(p))
     s = extract(ds, tmp_path / "c.zarr", fake_backbone, cfg=CFG.replace(allow_failures=True))
     failed = dict(s["failed"])
     assert sorted(failed) == ["dir/s.mp4", "list.m3u8", "out.mp4", "sneaky.mp4"]
     assert "PathOutsideRoot" in failed["out.mp4"] and "playlist" in failed["list.m3u8"]
     assert "playlist" in failed["sneaky.mp4"]
-    assert "s.mp4" not in opened  # the file outside was never opened
+    assert "in.mp4" in opened and "s.mp4" not in opened  # the file outside was never opened
     for bad in ("concat:a.mp4|b.mp4 0", "http://x/a.mp4 0", "/etc/passwd 0", "../x.mp4 0"):
         with pytest.raises(AnnotationError):
             read_annotations(write(tmp_path / "bad.txt", bad + "\n"), data_root=root)
