@@ -207,7 +207,7 @@ def import_h5(
 
 def _check_labels(path, key: str, ds, n: int, class_names) -> np.ndarray:
     """Labels [N] (class index) or [N, K] (0/1) checked before anything is allocated from them."""
-    from ..data import _mem_available
+    from ..data.load import _mem_available
 
     if ds.ndim not in (1, 2) or ds.shape[0] != n:
         raise StecacheError(f"{path}:{key}: shape {ds.shape}, expected [{n}] class indices or [{n}, K] 0/1")
