@@ -197,6 +197,29 @@ def test_mmaction_paths_with_spaces_duplicates_and_rawframes(tmp_path):
     assert x[0, 0, :, 0, 0].tolist() == [0.0, 40.0, 80.0]  # frames read from the images, in order
 
 
+def test_mmaction_rawvideo_list_is_refused_naming_file_and_line(tmp_path, clip_mp4):
+    """mmaction2 RawVideoDataset ('video_dir label num_clips positive_clip ...', a folder of part_N.mp4
+    clips, one drawn at random per visit) has no clip per row: refused in one line, whatever the flags.
+    Before, its numbers were read as rawframe counts and labels ('4 labels ... pass --multi-label',
+    'with_offset', or num_clips taken as the label)."""
+    parts = [f"raw/D32_1gwq35E/part_{i}.mp4" for i in range(4)] + ["raw/T4h/part_0.mp4", "raw/4uZ/part_0.mp4"]
+    link_videos(tmp_path, [*parts, "raw/4uZ/part_1.mp4", "ok.mp4"], clip_mp4)
+    lines = ["raw/D32_1gwq35E 2 4 0 1 2", "raw/T4h 1 1 0", "raw/4uZ 0 2"]  # the last: no positive clip
+    for line in lines:
+        f = write(tmp_path / "train.txt", f"ok.mp4 1\n{line}\n")
+        rel, label = line.split()[:2]
+        for multi in (False, True):
+            with pytest.raises(AnnotationError) as e:
+                read_annotations(f, data_root=tmp_path, classes=["a", "b", "c", "d", "e"], multi_label=multi)
+            msg = str(e.value)
+            assert msg.startswith(f"{f}:2: {rel!r} is a folder of videos, an mmaction2 RawVideoDataset line")
+            assert msg.endswith(f"e.g. '{rel}/part_0.mp4 {label}'") and "\n" not in msg
+    args = ["check-data", "--annotations", f"train={f}", "--data-root", str(tmp_path), "--workers", "0"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and "train.txt:2: 'raw/4uZ' is a folder of videos" in r.output
+    assert "Traceback" not in r.output and "part_0.mp4 0'" in r.output  # the whole message survives
+
+
 # ---- built-in readers ---
 
 
