@@ -24,7 +24,7 @@ from .video import frame_indices, iter_frames, preprocess_frames
 
 def video_info(path: str | Path) -> tuple[int, float]:
     """(frames, frames per second) of a video's first stream."""
-    from .video import _open, count_frames
+    from .video.decode import _open, count_frames
 
     container, stream = _open(path)
     with container:
