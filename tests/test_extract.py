@@ -274,7 +274,8 @@ def test_cli_backbone_names_and_usage_errors(tmp_path):
     from click.testing import CliRunner
 
     from stecache.backbones import BACKBONES
-    from stecache.cli import BACKBONE_NAMES, cli
+    from stecache.cli import cli
+    from stecache.cli.extract import BACKBONE_NAMES
 
     assert BACKBONE_NAMES == tuple(sorted(BACKBONES))
     run = CliRunner().invoke

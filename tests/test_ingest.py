@@ -677,7 +677,7 @@ def test_val_from_train_is_recorded_in_the_cache_provenance(tmp_path, clip_mp4, 
 
 def test_annotation_format_can_be_named_and_the_table_matches_the_readers(tmp_path, clip_mp4):
     from stecache.annotations import READERS
-    from stecache.cli import ANNOTATION_FORMATS
+    from stecache.cli.data import ANNOTATION_FORMATS
 
     assert ANNOTATION_FORMATS == tuple(sorted(READERS))
     link_videos(tmp_path, ["a.mp4"], clip_mp4)
