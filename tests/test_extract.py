@@ -238,6 +238,7 @@ def test_sigkill_mid_extract_then_resume_equals_uninterrupted(ds, tmp_path):
     subprocess.run(_cli(*args, "--cache", str(ref_url)), cwd=tmp_path, check=True, capture_output=True)
     out = subprocess.run(_cli(*args, "--cache", str(url)), cwd=tmp_path, check=True, capture_output=True)
     assert f"({48 - done.sum()} extracted now, {done.sum()} before, 0 failed)" in out.stdout.decode()
+    assert "decoding in 1 worker processes (--workers)" in out.stdout.decode()
     a, b = open_cache(ref_url), open_cache(url)
     np.testing.assert_array_equal(b.read(np.arange(48)), a.read(np.arange(48)))
     assert b.done.all() and b.fingerprint == a.fingerprint
@@ -428,8 +429,16 @@ def test_decoding_placement_forced_or_few_clips():
 
 
 def test_extract_records_where_it_decoded(small, tmp_path):
+    from click.testing import CliRunner
+
+    from stecache.cli import cli
+
     s = extract(small, tmp_path / "c.zarr", FakeBackbone(), cfg=CFG.replace(workers=None))
     c = open_cache(tmp_path / "c.zarr")
     assert c.attrs["extraction"]["decode"] == s["decode"] and s["decode"]["chosen"] == "measured"
     assert 0 <= s["decode"]["decode_share"] <= 1
     np.testing.assert_array_equal(c.read(np.arange(len(c))), _reference(small, FakeBackbone())[:, 0])
+    args = ["extract", "--backbone", "videomaev2-tiny", "--data", str(small.root), "--cache", "t.zarr"]
+    with CliRunner().isolated_filesystem(tmp_path):
+        r = CliRunner().invoke(cli, [*args, "--workers", "0", "--batch-size", "8"])
+    assert r.exit_code == 0 and "decoding in the main process (--workers)" in r.output, r.output

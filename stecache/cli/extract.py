@@ -97,7 +97,8 @@ def backbones():
     " sizes, timed on the first clips].",
 )
 @click.option("--workers", type=click.IntRange(0, 256),
-              help="Decoding processes [default: min(2, cpus) on CPU, cpus-2 (<= 16) on GPU].")  # fmt: skip
+              help="Decoding processes, 0 = the main process [default: CPU: measured on the first clips "
+                   "(main, or 2 when decoding is >= 1/3 of the time); GPU: cpus-2, <= 16].")  # fmt: skip
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--test-views", is_flag=True, help="Store the backbone's test protocol views (clips x crops).")
 @click.option(
@@ -195,6 +196,11 @@ def extract(
         b = s["batch"]
         timed = "".join(f"; {k}: {v:g} ms/view" for k, v in b["per_view_ms"].items())
         click.echo(f"forward batch {b['batch_size']} views ({b['chosen']}{timed})")
+    if s.get("decode"):
+        d = s["decode"]
+        share = "" if d["decode_share"] is None else f"; decoding {d['decode_share']:.0%} of the time"
+        where = f"{d['workers']} worker processes" if d["workers"] else "the main process"
+        click.echo(f"decoding in {where} ({d['chosen']}{share})")
     for clip_id, err in s["failed"]:
         click.echo(f"  failed {clip_id}: {err}")
     for clip_id, note in s.get("partial", []):
