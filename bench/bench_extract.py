@@ -32,8 +32,8 @@ BASE_CLIPS = 16  # ViT-B: ~2.3 s/clip here; 16 clips let the chooser try batch 2
 HEADER = (
     "| backbone | output | forward clips/s (best batch; per batch) |"
     " stecache clips/s (chosen batch; decode) | naive clips/s | stecache ÷ forward | stecache ÷ naive |"
-    " bytes/clip cache / npy | canary (range) |"
-    "\n|---|---|---|---|---|---|---|---|---|"
+    " 2 workers forced ÷ naive | bytes/clip cache / npy | canary (range) |"
+    "\n|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -71,8 +71,9 @@ def rotated(variants: dict, rounds: int) -> dict:
 
 
 def compare(name: str, backbone, ds, tmp: Path, rounds: int, sizes=(1, 2, 4, 8)) -> tuple[str, dict]:
-    """One table row: forward-only at its best batch of `sizes`, stecache (batch chosen by measurement)
-    and naive clips/s, their ratios, bytes per clip."""
+    """One table row: forward-only at its best batch of `sizes`, stecache (its defaults: decode placement
+    and batch chosen by measurement), stecache with 2 decoding workers forced, naive; clips/s, ratios,
+    bytes per clip."""
     from stecache.cache import open_cache
     from stecache.extract import ExtractConfig, extract
     from stecache.video import load_clip
@@ -87,25 +88,31 @@ def compare(name: str, backbone, ds, tmp: Path, rounds: int, sizes=(1, 2, 4, 8))
         chosen.append(s["batch"]["batch_size"])
         decode.append(s["decode"])
 
+    def run_workers():  # the placement not chosen on a forward-bound job: what the measurement avoids
+        shutil.rmtree(tmp / "w.zarr", ignore_errors=True)
+        extract(ds, tmp / "w.zarr", backbone, cfg=cfg.replace(workers=2))
+
     def run_naive():
         shutil.rmtree(tmp / "npy", ignore_errors=True)
         naive(ds, backbone, tmp / "npy")
 
     fwd_variants = {f"forward{b}": (lambda b=b: forward_only(backbone, clips, b)) for b in sizes}
-    times = rotated({**fwd_variants, "stecache": run_extract, "naive": run_naive}, rounds)
+    variants = {**fwd_variants, "stecache": run_extract, "workers2": run_workers, "naive": run_naive}
+    times = rotated(variants, rounds)
     n = len(ds.clips)
     best = min(sizes, key=lambda b: median(times[f"forward{b}"]))
     fwd, ste, nai = (n / median(times[k]) for k in (f"forward{best}", "stecache", "naive"))
     # per round, the same round's variants: the ratios cancel the machine's phase changes
     r_fwd = median([t_f / t_s for t_f, t_s in zip(times[f"forward{best}"], times["stecache"], strict=True)])
     r_nai = median([t_n / t_s for t_n, t_s in zip(times["naive"], times["stecache"], strict=True)])
+    r_w2 = median([t_n / t_s for t_n, t_s in zip(times["naive"], times["workers2"], strict=True)])
     cache_bytes = open_cache(tmp / "c.zarr").nbytes_on_disk() / n
     npy_bytes = sum(f.stat().st_size for f in (tmp / "npy").iterdir()) / n
     fwd_all = ", ".join(f"{b}: {n / median(times[f'forward{b}']):.3g}" for b in sizes)
     row = (
         f"| {name} | {tuple(backbone.grid)} × {backbone.channels} | {fwd:.3g} (b {best}; {fwd_all}) | "
         f"{ste:.3g} (b {'/'.join(map(str, sorted(set(chosen))))}; {_placement(decode)}) | {nai:.3g} | "
-        f"**{r_fwd:.2f}** | **{r_nai:.2f}×** | {cache_bytes:,.0f} / {npy_bytes:,.0f} = "
+        f"**{r_fwd:.2f}** | **{r_nai:.2f}×** | {r_w2:.2f}× | {cache_bytes:,.0f} / {npy_bytes:,.0f} = "
         f"**{cache_bytes / npy_bytes:.3f}** | {median(times['_canary_gflops']):.0f} "
         f"({min(times['_canary_gflops']):.0f}–{max(times['_canary_gflops']):.0f}) |"
     )
@@ -174,7 +181,7 @@ def main(
     base_sizes: tuple[int, ...] = (1, 2),
     base_rounds: int = 3,
 ) -> None:
-    """~2 min for tiny/small plus ~3 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out.
+    """~3 min for tiny/small plus ~9 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out.
     ViT-B runs first; the section is rewritten after every row, so a cut-short run still leaves numbers."""
     import os
 
@@ -221,8 +228,9 @@ the best one's median in front; *stecache* = `extract()` end to end with its def
 decode chosen by measurement on the first clips — in the main process, or 2 worker processes when decoding
 is at least a third of the per-clip time; the forward batch chosen by measurement — `BatchChooser`, a
 trial size must fit 8 times into the job; the row shows each round's choices and measured decode share);
-*naive* = decode + preprocess + forward + `np.save` fp32, one clip at a time. Bytes are per clip on disk,
-cache vs naive .npy.
+*naive* = decode + preprocess + forward + `np.save` fp32, one clip at a time; *2 workers forced* =
+stecache with `--workers 2` (what the default did before decode placement was measured). Bytes are per
+clip on disk, cache vs naive .npy.
 
 {HEADER}
 {table}
