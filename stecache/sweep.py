@@ -4,8 +4,8 @@
 `run_sweep` groups the jobs by cache and data key (the fields that fix the batch stream: seed, batch size,
 epochs, sampler, views) and, within a group, by a memory cap; each group is ONE loader whose every batch goes
 to every head, each with its own AdamW, lr schedule, loss and torch RNG stream (swapped in around its step),
-so a head trains exactly as `train.train` would alone. Run folders and the results.jsonl line are
-train.py's (same names, same `finish`: best epoch on val, test once). Finished runs are skipped; a killed
+so a head trains exactly as `train.train` would alone. Run folders and the results.jsonl line are the
+train package's (same names, same `finish`: best epoch on val, test once). Finished runs are skipped; a killed
 group resumes from its heads' resume.safetensors; --out and the run folders are locked while written.
 Python: `run_sweep(plan(["c.zarr"], tables="I,II,III"), "runs/x")`.
 """
@@ -25,6 +25,7 @@ from . import data as D
 from . import metrics as M
 from . import runio, tb
 from . import train as T
+from .config import fingerprint
 from .errors import SweepError
 from .heads import HEADS
 
@@ -114,14 +115,14 @@ def plan(
                                               "head": head, "depth": depth, "seed": int(seed)})  # fmt: skip
             except (TypeError, ValueError) as e:
                 raise SweepError(f"bad sweep setting: {e}") from None
-            jobs.setdefault((cache, T.fingerprint(cfg.to_dict())), Job(str(cache), cfg))
+            jobs.setdefault((cache, fingerprint(cfg.to_dict())), Job(str(cache), cfg))
     return list(jobs.values())
 
 
 def data_key(cfg: T.TrainConfig) -> str:
     """The fields that fix the batch stream; jobs with equal keys on one cache can share one loader."""
     key = {k: v for k, v in cfg.to_dict().items() if k not in HEAD_FIELDS | {"seed", "data_seed"}}
-    return T.fingerprint(key | {"batch_seed": cfg.batch_seed})  # seeds share a pass when data_seed is set
+    return fingerprint(key | {"batch_seed": cfg.batch_seed})  # seeds share a pass when data_seed is set
 
 
 # ---- memory --------------------------------------------------------------------------------------------
@@ -217,10 +218,10 @@ def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadR
     run's (validated first). The caller holds the folder's lock."""
     head = T.make_head(cfg, cache).to(device)
     opt = T.make_optimizer(head, cfg)
-    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    cuda = T.cuda_rng_state(device)
     run = HeadRun(cfg, out, head, opt, torch.get_rng_state(), cuda)
-    identity = {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint}
-    state = T._resume_state(out, identity, None)
+    identity = T.run_identity(cfg, cache)
+    state = T.resume_checkpoint(out, identity, None)
     T.write_run_config(out, cfg, cache, failed)
     if state is not None:
         *got, cuda_rng = T.restore(state, head, opt, identity, cfg, cuda=True)
@@ -267,13 +268,11 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
                      "data_wait_seconds": wait / len(runs),
                      "heads_in_pass": len(runs)}  # fmt: skip
             score = M.selection_score(val, multi)  # mAP (threshold-free) or Acc@1
-            if score > r.best and T.finite_weights(r.head):
+            if T.keep_if_best(r.out, r.head, score, r.best):
                 r.best, r.best_epoch = score, epoch + 1
-                T._save(r.head.state_dict(), r.out / "best.safetensors")
             r.history.append(entry)
-            identity = {"config": r.cfg.to_dict(), "cache_fingerprint": cache.fingerprint}
-            T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history, identity,
-                         r.cuda_rng)  # fmt: skip
+            T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history,
+                         T.run_identity(r.cfg, cache), r.cuda_rng)  # fmt: skip
             tb.log_epoch(r.out, entry)
 
 
@@ -329,7 +328,7 @@ def _run_sweep(jobs: list[Job], out: Path, memory, device, progress: bool, echo,
         for (_, start), cfgs in by_key.items():
             c0 = cfgs[0]
             train_split = _split(splits, cache, "train", c0.train_views, c0.ram_limit)
-            T._check_classes(cache, train_split)
+            T.check_classes(cache, train_split)
             val_split = _split(splits, cache, c0.val_split, c0.test_views, c0.ram_limit)
             held = sum(s.features.nbytes for s in splits.values() if s.in_ram)
             free = cap - held if torch.device(device).type == "cpu" else cap  # features share the RAM
