@@ -191,18 +191,21 @@ class HeadRun:
     best: float = -math.inf
     best_epoch: int = -1
     start: int = 0
-    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
+    # this epoch's summed loss, kept on the device (read back once an epoch: no host sync a step), and clips
+    loss_total: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    clips: int = 0
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, n: int, lr: float, multi: bool, where=(0, 0, ())):
         """One optimiser step on batch xb [b, n, c, h, w] with this head's own RNG stream; `where`:
-        (epoch, batch, clip ids) named if the loss is not finite."""
+        (epoch, batch, clip ids) named if the loss is not finite (checked here on CPU; on CUDA once an
+        epoch by train_group, as a per-step check would sync)."""
         for g in self.opt.param_groups:
             g["lr"] = lr
         torch.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, xb.device)
         loss = T.loss_fn(self.head(xb), yb, multi)
-        if not torch.isfinite(loss):
+        if xb.device.type != "cuda" and not torch.isfinite(loss):  # CPU: free; CUDA: once an epoch
             raise T.non_finite_loss(where[0], where[1], loss, xb, where[2])
         (loss * 1 / n).backward()  # as train.train with world size 1
         self.opt.step()
@@ -210,7 +213,8 @@ class HeadRun:
         self.rng = torch.get_rng_state()
         if self.cuda_rng is not None:
             self.cuda_rng = torch.cuda.get_rng_state(xb.device)
-        self.loss_sum += torch.tensor([loss.item(), n], dtype=torch.float64)
+        self.loss_total += loss.detach()
+        self.clips += n
 
 
 def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadRun:
@@ -246,7 +250,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
         it = ahead or T.epoch_batches(train_split, cfg, epoch, weights)
         for r in runs:
             r.head.train()
-            r.loss_sum.zero_()
+            r.loss_total, r.clips = torch.zeros((), dtype=torch.float64, device=device), 0
         for i in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs} × {len(runs)} heads", leave=False,
                       disable=None if progress else True):  # fmt: skip
             tw = time.perf_counter()
@@ -256,14 +260,15 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
             where = (epoch, i, cache.clip_id[train_split.rows[pos]])
             for r in runs:
                 r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi, where)
+        losses = [T.epoch_loss(r.loss_total, epoch) / r.clips for r in runs]  # NonFiniteLoss if NaN/inf
         train_seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
         ahead = T.epoch_batches(train_split, cfg, epoch + 1, weights) if epoch + 1 < cfg.epochs else None
         probs = T.predict_many([r.head for r in runs], val_split, multi, device=device)
         seconds = (time.perf_counter() - t0) / len(runs)
-        for r, p in zip(runs, probs, strict=True):
+        for r, p, loss in zip(runs, probs, losses, strict=True):
             val = M.evaluate_probs(p, val_split.targets(multi), multi)
             lr = T.lr_at(r.cfg, epoch * steps + steps - 1, steps)
-            entry = {"epoch": epoch + 1, "loss": float(r.loss_sum[0] / r.loss_sum[1]), "lr": lr,
+            entry = {"epoch": epoch + 1, "loss": loss, "lr": lr,
                      "val": M.summary(val), "seconds": seconds, "train_seconds": train_seconds,
                      "data_wait_seconds": wait / len(runs),
                      "heads_in_pass": len(runs)}  # fmt: skip
