@@ -4,9 +4,10 @@ with the per-clip loop popular extractors use?
 Interleaved in one run (A B C, B C A, C A B, ...), on the synthetic videos, for the tiny VideoMAEv2 config
 and a small one (384 wide, 6 blocks, 16x112²) and ViT-B (VideoMAEv2-B, 16x224², random weights, a handful of
 clips): (A) forward only, on clips decoded beforehand, at several batch sizes; (B) `extract()` into a
-fresh cache (2 decoding workers, forward batch chosen by measurement, fp16); (C) a naive loop that decodes,
-preprocesses, runs the model and `np.save`s fp32 one clip at a time. Then peak RSS of extracting 1,000
-vs 100 clips (a cheap pooling encoder, videos reused) in a subprocess. Run: `python -m bench extract`.
+fresh cache (defaults: where to decode and the forward batch chosen by measurement, fp16); (C) a naive
+loop that decodes, preprocesses, runs the model and `np.save`s fp32 one clip at a time. Then peak RSS of
+extracting 1,000 vs 100 clips (a cheap pooling encoder, videos reused) in a subprocess.
+Run: `python -m bench extract`.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from bench.bench_cache import small_encoder, synth_data
 from bench.common import machine_line, matmul_gflops, median, write_section
 
 N_CLIPS = 64  # enough that worker start-up does not dominate the end-to-end time
-BASE_CLIPS = 8  # ViT-B: ~2.5 s/clip here, so a handful of clips and 3 rounds
+BASE_CLIPS = 16  # ViT-B: ~2.3 s/clip here; 16 clips let the chooser try batch 2 (8 x 2 views)
 HEADER = (
-    "| backbone | output | forward clips/s (best batch; per batch) | stecache clips/s (chosen batch) |"
-    " naive clips/s | stecache ÷ forward | stecache ÷ naive | bytes/clip cache / npy | canary (range) |"
+    "| backbone | output | forward clips/s (best batch; per batch) |"
+    " stecache clips/s (chosen batch; decode) | naive clips/s | stecache ÷ forward | stecache ÷ naive |"
+    " bytes/clip cache / npy | canary (range) |"
     "\n|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -76,12 +78,14 @@ def compare(name: str, backbone, ds, tmp: Path, rounds: int, sizes=(1, 2, 4, 8))
     from stecache.video import load_clip
 
     clips = torch.cat([load_clip(ds.root / c.path, backbone.sampling, backbone.preprocess) for c in ds.clips])
-    cfg = ExtractConfig(workers=2, batch_size=None, progress=False)
-    chosen = []
+    cfg = ExtractConfig(progress=False)  # the defaults: decode placement and batch chosen by measurement
+    chosen, decode = [], []
 
     def run_extract():
         shutil.rmtree(tmp / "c.zarr", ignore_errors=True)
-        chosen.append(extract(ds, tmp / "c.zarr", backbone, cfg=cfg)["batch"]["batch_size"])
+        s = extract(ds, tmp / "c.zarr", backbone, cfg=cfg)
+        chosen.append(s["batch"]["batch_size"])
+        decode.append(s["decode"])
 
     def run_naive():
         shutil.rmtree(tmp / "npy", ignore_errors=True)
@@ -100,12 +104,19 @@ def compare(name: str, backbone, ds, tmp: Path, rounds: int, sizes=(1, 2, 4, 8))
     fwd_all = ", ".join(f"{b}: {n / median(times[f'forward{b}']):.3g}" for b in sizes)
     row = (
         f"| {name} | {tuple(backbone.grid)} × {backbone.channels} | {fwd:.3g} (b {best}; {fwd_all}) | "
-        f"{ste:.3g} (b {'/'.join(map(str, sorted(set(chosen))))}) | {nai:.3g} | "
+        f"{ste:.3g} (b {'/'.join(map(str, sorted(set(chosen))))}; {_placement(decode)}) | {nai:.3g} | "
         f"**{r_fwd:.2f}** | **{r_nai:.2f}×** | {cache_bytes:,.0f} / {npy_bytes:,.0f} = "
         f"**{cache_bytes / npy_bytes:.3f}** | {median(times['_canary_gflops']):.0f} "
         f"({min(times['_canary_gflops']):.0f}–{max(times['_canary_gflops']):.0f}) |"
     )
     return row, {"fwd": fwd, "stecache": ste, "naive": nai, "chosen": chosen, "times": times}
+
+
+def _placement(decode: list[dict]) -> str:
+    """Where each round decoded, e.g. "main, main, main (decode share 0.04-0.05)"."""
+    where = ", ".join(f"{d['workers']} workers" if d["workers"] else "main" for d in decode)
+    shares = [d["decode_share"] for d in decode if d["decode_share"] is not None]
+    return where + (f" (decode share {min(shares):.2f}–{max(shares):.2f})" if shares else "")
 
 
 RSS_SCRIPT = r"""
@@ -206,18 +217,20 @@ def _write(rows: dict, rss: dict, n_clips, rounds, base_clips, load0, load1) -> 
 above ~2 other jobs were competing). The CPU is shared with other jobs, so absolute numbers are noisy (see the
 canary, fp32 matmul GFLOP/s; ~170 when idle); the ratios are medians of per-round ratios (same round, so
 the machine's phase changes cancel). *forward* = backbone alone on pre-decoded clips, at each batch listed,
-the best one's median in front; *stecache* = `extract()` end to end (2 decoding workers, fp16 cache, the
-forward batch chosen by measurement on the first clips — `BatchChooser`; a trial size must fit 8 times
-into the job, so a short job like the ViT-B row here runs at the smallest size without trials);
+the best one's median in front; *stecache* = `extract()` end to end with its defaults (fp16 cache; where to
+decode chosen by measurement on the first clips — in the main process, or 2 worker processes when decoding
+is at least a third of the per-clip time; the forward batch chosen by measurement — `BatchChooser`, a
+trial size must fit 8 times into the job; the row shows each round's choices and measured decode share);
 *naive* = decode + preprocess + forward + `np.save` fp32, one clip at a time. Bytes are per clip on disk,
 cache vs naive .npy.
 
 {HEADER}
 {table}
 
-On this 2-core CPU the decoding workers and the forward pass share the same two cores, so decoding can only
-hide behind compute when the forward pass dominates (small, ViT-B); the tiny config is decode-bound by
-design. On a GPU machine the forward runs on the GPU and decoding on otherwise idle cores.
+On this 2-core CPU decoding workers and the forward pass share the same two cores: when the forward pass
+dominates (small, ViT-B) workers cost more (handing clips over, cores taken from the forward) than the
+decode they hide, so decoding stays in the main process; the tiny config is decode-bound by design and
+gets workers. On a GPU machine the forward runs on the GPU and decoding on otherwise idle cores (workers).
 The forward batch is chosen per run: rows show the size(s) picked in each round. A wide canary range in a
 row means the machine's load changed during that row (other jobs on the same 2 cores); its ratios are then
 unreliable, even per round (ratios above 1 against *forward*, or medians and per-round ratios that

@@ -26,7 +26,7 @@ def probe(path: str | Path) -> dict:
     """Facts about one video file or frame folder: frames (header, packets), size, fps, duration."""
     import av
 
-    from .video import _open, _read_image, frame_files
+    from .video.decode import _open, _read_image, frame_files
 
     path = Path(path)
     if path.is_dir():

@@ -1,4 +1,4 @@
-"""Domain errors. The library raises these; `cli.py` turns each into a one-line message and exit 1."""
+"""Domain errors. The library raises these; `cli/` turns each into a one-line message and exit 1."""
 
 
 class StecacheError(Exception):

@@ -168,7 +168,7 @@ def group_by_memory(sizes: list[tuple[int, int]], cap: int) -> list[list[int]]:
 
 
 def default_memory(device) -> int:
-    """Bytes heads may take: 90 % of free GPU memory, else the RAM limit of data.py (half of free RAM)."""
+    """Bytes heads may take: 90 % of free GPU memory, else data.ram_limit (half of free RAM)."""
     if torch.device(device).type == "cuda":
         return int(torch.cuda.mem_get_info(torch.device(device))[0] * 0.9)
     return D.ram_limit()

@@ -19,12 +19,13 @@ import torch
 
 from .errors import StecacheError, VideoError
 from .predict import Predictor
+from .report.figures import DPI
 from .video import frame_indices, iter_frames, preprocess_frames
 
 
 def video_info(path: str | Path) -> tuple[int, float]:
     """(frames, frames per second) of a video's first stream."""
-    from .video import _open, count_frames
+    from .video.decode import _open, count_frames
 
     container, stream = _open(path)
     with container:
@@ -210,5 +211,5 @@ def _plot(rec: dict, path: Path) -> None:
     ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
     fig.colorbar(im, ax=ax, label="probability")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=DPI)  # as every report figure
     plt.close(fig)

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from test_backbones import to_official, uniformer_ckpt
 
 from stecache.backbones import BACKBONES, PREFIXES, hub, load, uniformer
-from stecache.cli import BACKBONE_PREFIXES, cli
+from stecache.cli import cli
+from stecache.cli.extract import BACKBONE_PREFIXES
 from stecache.errors import CheckpointMismatch
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

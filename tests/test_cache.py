@@ -242,7 +242,8 @@ def test_cli_info_export_import(tmp_path):
     from click.testing import CliRunner
 
     from stecache.cache import CODECS
-    from stecache.cli import CODEC_NAMES, cli
+    from stecache.cli import cli
+    from stecache.cli.extract import CODEC_NAMES
 
     assert CODEC_NAMES == tuple(sorted(CODECS))
     cache = _make(tmp_path / "a.zarr")

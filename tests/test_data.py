@@ -1,4 +1,4 @@
-"""data.py: RAM vs streaming give the same batches, shard-aware order, the balanced sampler's proportions."""
+"""data: RAM vs streaming give the same batches, shard-aware order, the balanced sampler's proportions."""
 
 from __future__ import annotations
 

@@ -274,7 +274,8 @@ def test_cli_backbone_names_and_usage_errors(tmp_path):
     from click.testing import CliRunner
 
     from stecache.backbones import BACKBONES
-    from stecache.cli import BACKBONE_NAMES, cli
+    from stecache.cli import cli
+    from stecache.cli.extract import BACKBONE_NAMES
 
     assert BACKBONE_NAMES == tuple(sorted(BACKBONES))
     run = CliRunner().invoke
@@ -309,9 +310,9 @@ class Timed(FakeBackbone):
 # trial sizes up to 48 / 8 = 6
 @pytest.mark.parametrize("ms,fast", [({1: 80.0, 2: 5.0, 3: 80.0}, 2), ({1: 80.0, 2: 40.0, 3: 5.0}, 3)])
 def test_chooser_picks_the_faster_size_keeps_timed_clips(ds, reference, tmp_path, monkeypatch, ms, fast):
-    import stecache.batching
+    import stecache.extract.batching
 
-    monkeypatch.setitem(stecache.batching.CANDIDATES, "cpu", (1, 2, 3))
+    monkeypatch.setitem(stecache.extract.batching.CANDIDATES, "cpu", (1, 2, 3))
     bb = Timed(ms)
     s = extract(ds, tmp_path / "c.zarr", bb, cfg=CFG.replace(batch_size=None))
     assert s["batch"]["batch_size"] == fast and s["batch"]["chosen"] == "measured", (s["batch"], bb.sizes[:9])
@@ -326,9 +327,9 @@ def test_chooser_picks_the_faster_size_keeps_timed_clips(ds, reference, tmp_path
 
 
 def test_forced_batch_size_skips_the_chooser(ds, tmp_path, monkeypatch):
-    import stecache.batching
+    import stecache.extract.batching
 
-    monkeypatch.setitem(stecache.batching.CANDIDATES, "cpu", (1, 2, 4))
+    monkeypatch.setitem(stecache.extract.batching.CANDIDATES, "cpu", (1, 2, 4))
     bb = Timed({5: 20.0})  # the forced size is the slowest: it is used anyway
     s = extract(ds, tmp_path / "c.zarr", bb, cfg=CFG.replace(batch_size=5))
     assert bb.sizes == [5] * 9 + [3] and s["batch"] == {
@@ -337,7 +338,7 @@ def test_forced_batch_size_skips_the_chooser(ds, tmp_path, monkeypatch):
 
 
 def test_chooser_unit():
-    from stecache.batching import BatchChooser
+    from stecache.extract.batching import BatchChooser
 
     ch = BatchChooser(torch.device("cpu"), candidates=(1, 2, 4, 8))
     per_view = {1: 1.0, 2: 0.9, 4: 1.2, 8: 0.1}  # 8 is never tried: 4 is > 5 % slower than 2 (twice)
@@ -373,3 +374,62 @@ def test_output_identical_whatever_the_batch(small, tmp_path, name):
         assert s["batch"]["batch_size"] == b or b is None
     for o in out[1:]:
         np.testing.assert_array_equal(o, out[0])
+
+
+# ---- where decoding runs: measured on CPU, forced by --workers ----------------------------------------------
+
+
+class SlowReader:
+    """A reader whose decode takes `ms` (sleep) and returns its index; picklable for worker processes."""
+
+    def __init__(self, n: int, ms: float):
+        self.n, self.ms = n, ms
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, j):
+        time.sleep(self.ms / 1e3)
+        return j, os.getpid()
+
+
+@pytest.mark.parametrize("decode_ms,forward_ms,workers", [(30.0, 1.0, 2), (1.0, 30.0, 0)])
+def test_decoding_placement_is_measured(monkeypatch, decode_ms, forward_ms, workers):
+    """Decoding dominates -> worker processes decode the rest; the forward dominates -> this process keeps
+    decoding. Either way every item arrives once, in order, and the choice is recorded."""
+    from stecache.extract import decoding
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    got = []
+    dec = decoding.Decoded(SlowReader(16, decode_ms), torch.device("cpu"))
+    for item in dec:
+        got.append(item)
+        time.sleep(forward_ms / 1e3)  # the loop's forward
+    assert [j for j, _ in got] == list(range(16))
+    first = decoding.PROBE + 1  # decoded here while measuring
+    assert {pid for _, pid in got[:first]} == {os.getpid()}
+    assert (os.getpid() not in {pid for _, pid in got[first:]}) == (workers > 0)
+    p = dec.provenance()
+    assert p["workers"] == workers and p["chosen"] == "measured"
+    expect = decode_ms / (decode_ms + forward_ms)
+    assert abs(p["decode_share"] - expect) < 0.25, p  # sleeps overrun on a busy machine: loose
+
+
+def test_decoding_placement_forced_or_few_clips():
+    from stecache.extract import decoding
+
+    dec = decoding.Decoded(SlowReader(8, 0.0), torch.device("cpu"), workers=1)
+    assert [j for j, _ in dec] == list(range(8)) and dec.provenance()["chosen"] == "--workers"
+    few = decoding.Decoded(SlowReader(decoding.PROBE, 50.0), torch.device("cpu"))
+    assert [pid for _, pid in few] == [os.getpid()] * decoding.PROBE
+    assert few.provenance()["workers"] == 0 and few.provenance()["chosen"] == "in this process (few clips)"
+    gpu = decoding.Decoded(SlowReader(1, 0.0), torch.device("cuda"))  # not run: the policy alone
+    assert gpu.workers >= 1 and gpu.provenance()["chosen"].startswith("policy")
+
+
+def test_extract_records_where_it_decoded(small, tmp_path):
+    s = extract(small, tmp_path / "c.zarr", FakeBackbone(), cfg=CFG.replace(workers=None))
+    c = open_cache(tmp_path / "c.zarr")
+    assert c.attrs["extraction"]["decode"] == s["decode"] and s["decode"]["chosen"] == "measured"
+    assert 0 <= s["decode"]["decode_share"] <= 1
+    np.testing.assert_array_equal(c.read(np.arange(len(c))), _reference(small, FakeBackbone())[:, 0])

@@ -197,6 +197,29 @@ def test_mmaction_paths_with_spaces_duplicates_and_rawframes(tmp_path):
     assert x[0, 0, :, 0, 0].tolist() == [0.0, 40.0, 80.0]  # frames read from the images, in order
 
 
+def test_mmaction_rawvideo_list_is_refused_naming_file_and_line(tmp_path, clip_mp4):
+    """mmaction2 RawVideoDataset ('video_dir label num_clips positive_clip ...', a folder of part_N.mp4
+    clips, one drawn at random per visit) has no clip per row: refused in one line, whatever the flags.
+    Before, its numbers were read as rawframe counts and labels ('4 labels ... pass --multi-label',
+    'with_offset', or num_clips taken as the label)."""
+    parts = [f"raw/D32_1gwq35E/part_{i}.mp4" for i in range(4)] + ["raw/T4h/part_0.mp4", "raw/4uZ/part_0.mp4"]
+    link_videos(tmp_path, [*parts, "raw/4uZ/part_1.mp4", "ok.mp4"], clip_mp4)
+    lines = ["raw/D32_1gwq35E 2 4 0 1 2", "raw/T4h 1 1 0", "raw/4uZ 0 2"]  # the last: no positive clip
+    for line in lines:
+        f = write(tmp_path / "train.txt", f"ok.mp4 1\n{line}\n")
+        rel, label = line.split()[:2]
+        for multi in (False, True):
+            with pytest.raises(AnnotationError) as e:
+                read_annotations(f, data_root=tmp_path, classes=["a", "b", "c", "d", "e"], multi_label=multi)
+            msg = str(e.value)
+            assert msg.startswith(f"{f}:2: {rel!r} is a folder of videos, an mmaction2 RawVideoDataset line")
+            assert msg.endswith(f"e.g. '{rel}/part_0.mp4 {label}'") and "\n" not in msg
+    args = ["check-data", "--annotations", f"train={f}", "--data-root", str(tmp_path), "--workers", "0"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 1 and "train.txt:2: 'raw/4uZ' is a folder of videos" in r.output
+    assert "Traceback" not in r.output and "part_0.mp4 0'" in r.output  # the whole message survives
+
+
 # ---- built-in readers ---
 
 
@@ -374,16 +397,16 @@ def test_paths_outside_the_root_are_refused_by_id_and_never_opened(
     )
     ds = load_dataset([("train", lst)], root)
     opened = []
-    import stecache.video as video
+    import stecache.video.decode as decode  # where count_frames / iter_frames look _open up
 
-    real_open = video._open
-    monkeypatch.setattr(video, "_open", lambda p: opened.append(Path(p).name) or real_open(p))
+    real_open = decode._open
+    monkeypatch.setattr(decode, "_open", lambda p: opened.append(Path(p).name) or real_open(p))
     s = extract(ds, tmp_path / "c.zarr", fake_backbone, cfg=CFG.replace(allow_failures=True))
     failed = dict(s["failed"])
     assert sorted(failed) == ["dir/s.mp4", "list.m3u8", "out.mp4", "sneaky.mp4"]
     assert "PathOutsideRoot" in failed["out.mp4"] and "playlist" in failed["list.m3u8"]
     assert "playlist" in failed["sneaky.mp4"]
-    assert "s.mp4" not in opened  # the file outside was never opened
+    assert "in.mp4" in opened and "s.mp4" not in opened  # the file outside was never opened
     for bad in ("concat:a.mp4|b.mp4 0", "http://x/a.mp4 0", "/etc/passwd 0", "../x.mp4 0"):
         with pytest.raises(AnnotationError):
             read_annotations(write(tmp_path / "bad.txt", bad + "\n"), data_root=root)
@@ -654,7 +677,7 @@ def test_val_from_train_is_recorded_in_the_cache_provenance(tmp_path, clip_mp4, 
 
 def test_annotation_format_can_be_named_and_the_table_matches_the_readers(tmp_path, clip_mp4):
     from stecache.annotations import READERS
-    from stecache.cli import ANNOTATION_FORMATS
+    from stecache.cli.data import ANNOTATION_FORMATS
 
     assert ANNOTATION_FORMATS == tuple(sorted(READERS))
     link_videos(tmp_path, ["a.mp4"], clip_mp4)

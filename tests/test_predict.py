@@ -249,6 +249,8 @@ def test_timeline_right_class_in_right_windows(pred, long_video):
 
 
 def test_timeline_cli_writes_csv_json_png(world, long_video, tmp_path):
+    from PIL import Image
+
     from stecache.cli import cli
 
     path, order = long_video
@@ -263,7 +265,10 @@ def test_timeline_cli_writes_csv_json_png(world, long_video, tmp_path):
     assert abs(sum(float(rows[0][c]) for c in COLOURS) - 1) < 1e-4
     rec = json.loads((tmp_path / "long.timeline.json").read_text())
     assert rec["windows"][5]["start"] == 2.5 and rec["class_names"] == list(COLOURS)
-    assert (tmp_path / "long.timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png = Image.open(tmp_path / "long.timeline.png")
+    assert png.format == "PNG" and png.info["dpi"][0] == pytest.approx(300, abs=1)  # as every report figure
+    inches = (0.3 * len(rows) + 4, 1.2 + 0.35 * len(COLOURS))  # the figure size _plot picks for 11 windows
+    assert png.size == pytest.approx((300 * inches[0], 300 * inches[1]), abs=1)
 
 
 def test_checkpoint_must_match_provenance(pred, tmp_path):

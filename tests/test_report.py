@@ -201,6 +201,49 @@ def test_correlation_maps_of_a_cache_and_a_run(tmp_path):
     assert "after ste d1 blocks" in text and text.count("mean off-diagonal") == 2
 
 
+def test_correlation_of_a_run_whose_cache_moved_takes_cache_and_refuses_another(tmp_path):
+    """report --correlation RUN: a moved cache is named; --cache COPY works; --cache of another is refused."""
+    import shutil
+
+    from click.testing import CliRunner
+    from test_sweep import make_cache
+
+    from stecache import train as T
+    from stecache.cache import open_cache
+    from stecache.cli import cli
+
+    old, new, run_dir = tmp_path / "old.zarr", tmp_path / "new.zarr", tmp_path / "run"
+    make_cache(old)
+    T.train(T.TrainConfig(head="ste", depth=1, epochs=1, batch_size=8), str(old), run_dir, progress=False)
+    shutil.copytree(old, new)
+    shutil.rmtree(old)
+    run = ["report", "--correlation", str(run_dir), "--out", str(tmp_path / "fig"), "--max-clips", "5"]
+    invoke = CliRunner().invoke
+
+    res = invoke(cli, run)
+    assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+    assert f"{old}: the cache run {run_dir} was trained on is not there; moved? pass --cache" in res.output
+
+    res = invoke(cli, [*run, "--cache", str(new)])
+    assert res.exit_code == 0, res.output
+    c = open_cache(str(new))
+    raw = report.mean_off_diagonal(report.position_correlation(c.read(c.rows("val")[:5]).astype(np.float32)))
+    assert f"raw cache features           mean off-diagonal correlation {raw:.4f}" in res.output
+    assert "after ste d1 blocks" in res.output and (tmp_path / "fig" / "correlation_run_val.png").exists()
+
+    same_attrs = make_cache(tmp_path / "o1.zarr", seed=1)  # other features: refused by the content digest
+    other_classes = make_cache(tmp_path / "o2.zarr", k=4)  # other attributes: refused by the fingerprint
+    for other, why in ((same_attrs, "but other content"), (other_classes, "is not the one run")):
+        res = invoke(cli, [*run, "--cache", other])
+        assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+        assert f"cache {other}" in res.output and why in res.output, res.output
+
+    res = invoke(cli, ["report", "--correlation", str(new), "--cache", str(new), "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "not a run folder; --cache names a copy of a run's cache" in res.output
+    res = invoke(cli, ["report", str(tmp_path / "results.jsonl"), "--cache", str(new)])
+    assert res.exit_code == 2 and "--cache goes with --correlation RUN" in res.output
+
+
 # ---- any grid, Table I+, degenerate runs, figures, HTML ------------------------------------------------
 
 

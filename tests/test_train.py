@@ -229,7 +229,8 @@ def test_resume_after_sigkill_is_identical(toy, tmp_path):
 
 
 def test_cli_train_and_evaluate(toy, tmp_path, monkeypatch):
-    from stecache.cli import HEAD_NAMES, cli
+    from stecache.cli import cli
+    from stecache.cli.train import HEAD_NAMES
     from stecache.heads import HEADS
 
     assert HEAD_NAMES == tuple(sorted(HEADS))

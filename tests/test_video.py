@@ -407,16 +407,16 @@ def test_unusable_files_raise_typed_error_naming_the_file(tmp_path, square_mp4, 
 
 def test_header_overcount_is_resampled_from_the_frames_that_exist(square_mp4, monkeypatch):
     """A header claiming more frames than decode (a few, or twice as many) samples the frames that exist."""
-    import stecache.video as video
+    import stecache.video.decode as decode  # where load_clip looks count_frames up
 
-    true_total = video.count_frames(square_mp4)
+    true_total = decode.count_frames(square_mp4)
     sampling = Sampling("dense", clip_len=true_total + 1, frame_interval=1)  # needs the last frame
     p = Preprocess(16, 16)
     expected = load_clip(square_mp4, sampling, p)
-    monkeypatch.setattr(video, "count_frames", lambda path: true_total + 1)
+    monkeypatch.setattr(decode, "count_frames", lambda path: true_total + 1)
     overcount = load_clip(square_mp4, sampling, p)
     torch.testing.assert_close(overcount, expected)
-    monkeypatch.setattr(video, "count_frames", lambda path: true_total * 2)
+    monkeypatch.setattr(decode, "count_frames", lambda path: true_total * 2)
     info = {}
     torch.testing.assert_close(load_clip(square_mp4, sampling, p, info=info), expected)
     assert info == {"decoded": true_total, "declared": true_total * 2, "partial": False}

@@ -1,7 +1,9 @@
 """mmaction2 lists: `path label [label ...]` (VideoDataset), `frame_dir total_frames label` (RawframeDataset).
 
 Labels are the trailing integer tokens (or known class names); the path is the rest of the line, so a path
-may contain spaces. A line is a rawframe line when its path is a folder under the data root. A list is
+may contain spaces. A line is a rawframe line when its path is a folder of images under the data root;
+a folder of video files is mmaction2's RawVideoDataset (`video_dir label num_clips positive_clip ...`,
+one random clip of the folder per visit), which has no one-clip-per-row meaning and is refused. A list is
 multi-label only when the user says so (`--multi-label`, mmaction2's `multi_class`): a single-label line
 with two labels is an error. A clip listed twice with the same labels is kept once (with a warning);
 with different labels it is an error.
@@ -12,7 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .common import INDEX, Entry, Parsed, err, infer_split, read_text, safe_relpath
+from .common import INDEX, VIDEO_SUFFIXES, Entry, Parsed, err, infer_split, read_text, safe_relpath
+from .folder import is_frame_folder
 
 
 def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classes=None) -> Parsed:
@@ -35,7 +38,13 @@ def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classe
             raise err(path, i, f"no label after {raw.strip()!r}{why} (expected 'path label [label ...]')")
         rel = safe_relpath(" ".join(tokens[:k]) if k > 1 else tokens[0], path, i)
         labels = tokens[k:]
-        if (root / rel).is_dir() and len(labels) >= 2 and INDEX.fullmatch(labels[0]):
+        is_dir = (root / rel).is_dir()
+        video = _first_video(root / rel) if is_dir else None
+        if video:
+            raise err(path, i, f"{rel!r} is a folder of videos, an mmaction2 RawVideoDataset line (a random "
+                      "clip of it per visit): not supported; list each clip on its own line, e.g. "
+                      f"'{rel}/{video} {labels[0]}'")  # fmt: skip
+        if is_dir and len(labels) >= 2 and INDEX.fullmatch(labels[0]):
             labels = labels[1:]  # rawframes: 'frame_dir total_frames label'; frames are counted on disk
             if len(labels) == 2 and not multi_label and INDEX.fullmatch(labels[0]):
                 raise err(path, i, "'frame_dir offset total_frames label' (mmaction2 with_offset) is not "
@@ -56,3 +65,10 @@ def read(path: Path, *, root: Path, split: str | None, multi_label: bool, classe
         first[rel] = (i, tuple(labels))
         out.entries.append(Entry(rel, tuple(labels), split, rel, str(path), i))
     return out
+
+
+def _first_video(d: Path) -> str | None:
+    """The first video file's name in a folder of videos without frame images (RawVideoDataset's
+    `part_0.mp4` ...), else None."""
+    videos = sorted(f.name for f in d.iterdir() if f.suffix.lower() in VIDEO_SUFFIXES and f.is_file())
+    return videos[0] if videos and not is_frame_folder(d) else None

@@ -3,7 +3,7 @@
 Symlinks are resolved before the check, so a link inside the root pointing outside is refused, and the
 caller opens the resolved absolute path (never a string an FFmpeg protocol prefix could hijack).
 Playlists (HLS `.m3u8`/`.m3u`, ffconcat lists) are refused outright: their entries could name any file
-or URL, and a file that is a playlist under a video suffix is caught by `video.py` sniffing its header.
+or URL, and a file that is a playlist under a video suffix is caught by `video/decode.py` sniffing its header.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from ..config import canonical_json
 from ..errors import StecacheError
 
 if TYPE_CHECKING:
-    from . import Cache
+    from .store import Cache
 
 
 def export_h5(url: str | Path, out: str | Path, allow_incomplete: bool = False) -> str:
@@ -23,7 +23,7 @@ def export_h5(url: str | Path, out: str | Path, allow_incomplete: bool = False) 
     checked against its checksum, and the file is written under a temporary name, then renamed.
     """
     from ..errors import CacheIncomplete
-    from . import open_cache
+    from .create import open_cache
 
     cache = open_cache(url)
     n = len(cache)
@@ -89,7 +89,9 @@ def import_h5(
     Without a `split` dataset every clip is in `split` (default "train")."""
     import h5py
 
-    from . import DEFAULT_CODEC, Row, check_url, create_cache
+    from .create import create_cache
+    from .lock import check_url
+    from .schema import DEFAULT_CODEC, Row
 
     check_url(url, write=True)
     try:
@@ -207,7 +209,7 @@ def import_h5(
 
 def _check_labels(path, key: str, ds, n: int, class_names) -> np.ndarray:
     """Labels [N] (class index) or [N, K] (0/1) checked before anything is allocated from them."""
-    from ..data import _mem_available
+    from ..data.load import _mem_available
 
     if ds.ndim not in (1, 2) or ds.shape[0] != n:
         raise StecacheError(f"{path}:{key}: shape {ds.shape}, expected [{n}] class indices or [{n}, K] 0/1")

@@ -114,7 +114,7 @@ class Report:
 
 def _meta_problems(cache, report: Report) -> np.ndarray | None:
     """Check the per-clip arrays (labels, split, clip_id against the manifest; done, error readable)."""
-    from . import Row, manifest_fingerprint
+    from .schema import Row, manifest_fingerprint
 
     try:
         labels, split, ids = cache.labels(), cache.split, cache.clip_id
@@ -136,7 +136,8 @@ def _meta_problems(cache, report: Report) -> np.ndarray | None:
 def verify(url, repair: bool = False) -> Report:
     """Check every done row of the cache at `url` against its checksums; with `repair`, mark damaged rows
     not done (and clear their checksum) so the next extract redoes exactly them."""
-    from . import _local_path, lock, open_cache
+    from .create import open_cache
+    from .lock import _local_path, lock
 
     t0 = time.perf_counter()
     cache = open_cache(url, mode="r+" if repair else "r")
@@ -186,7 +187,7 @@ def verify(url, repair: bool = False) -> Report:
 
 def _save_state(cache, report: Report) -> None:
     """Record the outcome beside zarr.json, for `stecache info` (local caches only)."""
-    from . import _local_path
+    from .lock import _local_path
 
     root = _local_path(cache.url)
     if root is None:
@@ -209,7 +210,7 @@ def _save_state(cache, report: Report) -> None:
 
 def state_line(cache) -> str:
     """The `info` line on checksums and the last verify."""
-    from . import _local_path
+    from .lock import _local_path
 
     if cache.checksum_hash is None:
         return "none (made before stecache stored checksums; re-extract to add them)"

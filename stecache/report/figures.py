@@ -158,8 +158,12 @@ def mean_off_diagonal(corr: np.ndarray) -> float:
     return float(np.nanmean(corr[mask]))
 
 
-def correlation_maps(target: str | Path, out: str | Path, split: str = "val", max_clips: int = 256) -> str:
-    """Fig. 1: position-correlation heat maps of a cache (raw) or a run (raw | after its head's blocks)."""
+def correlation_maps(target: str | Path, out: str | Path, split: str = "val", max_clips: int = 256,
+                     cache: str | None = None) -> str:  # fmt: skip
+    """Fig. 1: position-correlation heat maps of a cache (raw) or a run (raw | after its head's blocks).
+
+    For a run, `cache` names a copy of its cache (same fingerprint and content) when the original moved.
+    """
     import torch
 
     from .. import train as T
@@ -170,9 +174,11 @@ def correlation_maps(target: str | Path, out: str | Path, split: str = "val", ma
     if (target / "config.json").exists():  # a run folder
         rec = T.read_run(target)
         cfg = T.TrainConfig.from_dict(rec["config"])
-        cache = open_cache(rec["cache"]["url"])
+        cache = T.open_run_cache(target, rec, cache)
         head = T.load_head(target, rec)
         label = f"after {cfg.head} d{cfg.depth} blocks"
+    elif cache is not None:
+        raise ResultsError(f"{target}: not a run folder; --cache names a copy of a run's cache")
     else:
         cache = open_cache(str(target))
     rows = cache.rows(split)[:max_clips]

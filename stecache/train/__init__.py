@@ -43,6 +43,7 @@ from .runs import (
     finish,
     load_head,
     load_weights,
+    open_run_cache,
     read_metrics,
     read_run,
     run_cache_url,
@@ -54,7 +55,7 @@ __all__ = [
     "FINISHED_FILES", "LIMITS", "RESUME_FILE", "RESUME_FILES", "TrainConfig", "check_classes",
     "cuda_rng_state", "drop_resume_state", "epoch_batches", "epoch_loss", "evaluate", "finish",
     "finite_weights", "keep_if_best", "load_head", "load_weights", "loss_fn", "lr_at", "make_head",
-    "make_optimizer", "non_finite_loss", "predict", "predict_many", "read_metrics", "read_run",
-    "restore", "resume_checkpoint", "run_cache_url", "run_identity", "run_name", "save_epoch", "train",
-    "write_run_config",
+    "make_optimizer", "non_finite_loss", "open_run_cache", "predict", "predict_many", "read_metrics",
+    "read_run", "restore", "resume_checkpoint", "run_cache_url", "run_identity", "run_name",
+    "save_epoch", "train", "write_run_config",
 ]  # fmt: skip

@@ -196,13 +196,10 @@ def run_cache_url(run_dir: Path, rec: dict, cache: str | None = None) -> str:
     return url
 
 
-def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None, device="cpu") -> dict:
-    """Metrics of run `run_dir`'s best head on `split` of its cache (or of `cache`, same fingerprint)."""
+def open_run_cache(run_dir: Path, rec: dict, cache: str | None = None):
+    """The cache run `run_dir` was trained on (or `cache`, a copy of it); CacheMismatch if another cache."""
     from ..cache import attrs_diff, open_cache
 
-    run_dir = Path(run_dir)
-    rec = read_run(run_dir)
-    cfg = TrainConfig.from_dict(rec["config"])
     c = open_cache(run_cache_url(run_dir, rec, cache))
     if c.fingerprint != rec["cache"]["fingerprint"]:
         old = rec.get("cache_attrs", {})
@@ -215,8 +212,17 @@ def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None,
     if content and c.content_digest() not in (None, content):
         raise CacheMismatch(
             f"cache {c.url} has the attributes of run {run_dir}'s cache but other content (checksums "
-            f"{c.content_digest()} vs {content}): it was re-extracted or repaired; evaluate on the original"
+            f"{c.content_digest()} vs {content}): it was re-extracted or repaired; use the original"
         )
+    return c
+
+
+def evaluate(run_dir: str | Path, split: str = "test", cache: str | None = None, device="cpu") -> dict:
+    """Metrics of run `run_dir`'s best head on `split` of its cache (or of `cache`, same fingerprint)."""
+    run_dir = Path(run_dir)
+    rec = read_run(run_dir)
+    cfg = TrainConfig.from_dict(rec["config"])
+    c = open_run_cache(run_dir, rec, cache)
     head = load_head(run_dir, rec, device)
     multi = bool(c.multi_label)
     data = D.load_split(c, split, views=cfg.test_views, limit=cfg.ram_limit)

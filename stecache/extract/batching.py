@@ -12,7 +12,7 @@ import logging
 import numpy as np
 import torch
 
-from .errors import StecacheError
+from ..errors import StecacheError
 
 log = logging.getLogger(__name__)
 

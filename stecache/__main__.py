@@ -1,0 +1,5 @@
+"""`python -m stecache ...` = `stecache ...`."""
+
+from .cli import cli
+
+cli()
