@@ -1,6 +1,7 @@
 """Run-folder I/O that survives kills, power loss and neighbours; nothing in a run folder is unpickled.
 
-- `write_file`: temp file + fsync + rename + fsync of the folder: a kill leaves the old or the new file.
+- `write_file` / `save_tensors`: temp file + fsync + rename + fsync of the folder: a kill leaves the old or
+  the new file.
 - `append_record` / `read_records`: results.jsonl lines appended whole (one write, trailing newline,
   fsync) under an advisory lock; a torn last line (power loss, full disk) is reported and skipped when
   read, and cut off (or completed) by the next append.
@@ -63,6 +64,15 @@ def write_file(path: Path, data: str | bytes) -> None:
     """Write `path` atomically and durably."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
     tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    commit(tmp, path)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a safetensors file (e.g. a head's state_dict) atomically and durably."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     commit(tmp, path)
 
 

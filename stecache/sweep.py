@@ -4,8 +4,8 @@
 `run_sweep` groups the jobs by cache and data key (the fields that fix the batch stream: seed, batch size,
 epochs, sampler, views) and, within a group, by a memory cap; each group is ONE loader whose every batch goes
 to every head, each with its own AdamW, lr schedule, loss and torch RNG stream (swapped in around its step),
-so a head trains exactly as `train.train` would alone. Run folders and the results.jsonl line are
-train.py's (same names, same `finish`: best epoch on val, test once). Finished runs are skipped; a killed
+so a head trains exactly as `train.train` would alone. Run folders and the results.jsonl line are the
+train package's (same names, same `finish`: best epoch on val, test once). Finished runs are skipped; a killed
 group resumes from its heads' resume.safetensors; --out and the run folders are locked while written.
 Python: `run_sweep(plan(["c.zarr"], tables="I,II,III"), "runs/x")`.
 """
@@ -25,6 +25,7 @@ from . import data as D
 from . import metrics as M
 from . import runio, tb
 from . import train as T
+from .config import fingerprint
 from .errors import SweepError
 from .heads import HEADS
 
@@ -114,14 +115,14 @@ def plan(
                                               "head": head, "depth": depth, "seed": int(seed)})  # fmt: skip
             except (TypeError, ValueError) as e:
                 raise SweepError(f"bad sweep setting: {e}") from None
-            jobs.setdefault((cache, T.fingerprint(cfg.to_dict())), Job(str(cache), cfg))
+            jobs.setdefault((cache, fingerprint(cfg.to_dict())), Job(str(cache), cfg))
     return list(jobs.values())
 
 
 def data_key(cfg: T.TrainConfig) -> str:
     """The fields that fix the batch stream; jobs with equal keys on one cache can share one loader."""
     key = {k: v for k, v in cfg.to_dict().items() if k not in HEAD_FIELDS | {"seed", "data_seed"}}
-    return T.fingerprint(key | {"batch_seed": cfg.batch_seed})  # seeds share a pass when data_seed is set
+    return fingerprint(key | {"batch_seed": cfg.batch_seed})  # seeds share a pass when data_seed is set
 
 
 # ---- memory --------------------------------------------------------------------------------------------
@@ -190,18 +191,21 @@ class HeadRun:
     best: float = -math.inf
     best_epoch: int = -1
     start: int = 0
-    loss_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))
+    # this epoch's summed loss, kept on the device (read back once an epoch: no host sync a step), and clips
+    loss_total: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.float64))
+    clips: int = 0
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, n: int, lr: float, multi: bool, where=(0, 0, ())):
         """One optimiser step on batch xb [b, n, c, h, w] with this head's own RNG stream; `where`:
-        (epoch, batch, clip ids) named if the loss is not finite."""
+        (epoch, batch, clip ids) named if the loss is not finite (checked here on CPU; on CUDA once an
+        epoch by train_group, as a per-step check would sync)."""
         for g in self.opt.param_groups:
             g["lr"] = lr
         torch.set_rng_state(self.rng)
         if self.cuda_rng is not None:
             torch.cuda.set_rng_state(self.cuda_rng, xb.device)
         loss = T.loss_fn(self.head(xb), yb, multi)
-        if not torch.isfinite(loss):
+        if xb.device.type != "cuda" and not torch.isfinite(loss):  # CPU: free; CUDA: once an epoch
             raise T.non_finite_loss(where[0], where[1], loss, xb, where[2])
         (loss * 1 / n).backward()  # as train.train with world size 1
         self.opt.step()
@@ -209,7 +213,8 @@ class HeadRun:
         self.rng = torch.get_rng_state()
         if self.cuda_rng is not None:
             self.cuda_rng = torch.cuda.get_rng_state(xb.device)
-        self.loss_sum += torch.tensor([loss.item(), n], dtype=torch.float64)
+        self.loss_total += loss.detach()
+        self.clips += n
 
 
 def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadRun:
@@ -217,10 +222,10 @@ def make_run(cfg: T.TrainConfig, cache, out: Path, device, failed: int) -> HeadR
     run's (validated first). The caller holds the folder's lock."""
     head = T.make_head(cfg, cache).to(device)
     opt = T.make_optimizer(head, cfg)
-    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    cuda = T.cuda_rng_state(device)
     run = HeadRun(cfg, out, head, opt, torch.get_rng_state(), cuda)
-    identity = {"config": cfg.to_dict(), "cache_fingerprint": cache.fingerprint}
-    state = T._resume_state(out, identity, None)
+    identity = T.run_identity(cfg, cache)
+    state = T.resume_checkpoint(out, identity, None)
     T.write_run_config(out, cfg, cache, failed)
     if state is not None:
         *got, cuda_rng = T.restore(state, head, opt, identity, cfg, cuda=True)
@@ -245,7 +250,7 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
         it = ahead or T.epoch_batches(train_split, cfg, epoch, weights)
         for r in runs:
             r.head.train()
-            r.loss_sum.zero_()
+            r.loss_total, r.clips = torch.zeros((), dtype=torch.float64, device=device), 0
         for i in tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs} × {len(runs)} heads", leave=False,
                       disable=None if progress else True):  # fmt: skip
             tw = time.perf_counter()
@@ -255,25 +260,24 @@ def train_group(runs: list[HeadRun], cache, train_split, val_split, device, prog
             where = (epoch, i, cache.clip_id[train_split.rows[pos]])
             for r in runs:
                 r.step(xb, yb, len(pos), T.lr_at(r.cfg, epoch * steps + i, steps), multi, where)
+        losses = [T.epoch_loss(r.loss_total, epoch) / r.clips for r in runs]  # NonFiniteLoss if NaN/inf
         train_seconds = (time.perf_counter() - t0) / len(runs)  # the pass's time, shared out
         ahead = T.epoch_batches(train_split, cfg, epoch + 1, weights) if epoch + 1 < cfg.epochs else None
         probs = T.predict_many([r.head for r in runs], val_split, multi, device=device)
         seconds = (time.perf_counter() - t0) / len(runs)
-        for r, p in zip(runs, probs, strict=True):
+        for r, p, loss in zip(runs, probs, losses, strict=True):
             val = M.evaluate_probs(p, val_split.targets(multi), multi)
             lr = T.lr_at(r.cfg, epoch * steps + steps - 1, steps)
-            entry = {"epoch": epoch + 1, "loss": float(r.loss_sum[0] / r.loss_sum[1]), "lr": lr,
+            entry = {"epoch": epoch + 1, "loss": loss, "lr": lr,
                      "val": M.summary(val), "seconds": seconds, "train_seconds": train_seconds,
                      "data_wait_seconds": wait / len(runs),
                      "heads_in_pass": len(runs)}  # fmt: skip
             score = M.selection_score(val, multi)  # mAP (threshold-free) or Acc@1
-            if score > r.best and T.finite_weights(r.head):
+            if T.keep_if_best(r.out, r.head, score, r.best):
                 r.best, r.best_epoch = score, epoch + 1
-                T._save(r.head.state_dict(), r.out / "best.safetensors")
             r.history.append(entry)
-            identity = {"config": r.cfg.to_dict(), "cache_fingerprint": cache.fingerprint}
-            T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history, identity,
-                         r.cuda_rng)  # fmt: skip
+            T.save_epoch(r.out, r.head, r.opt, r.rng, epoch, r.best, r.best_epoch, r.history,
+                         T.run_identity(r.cfg, cache), r.cuda_rng)  # fmt: skip
             tb.log_epoch(r.out, entry)
 
 
@@ -329,7 +333,7 @@ def _run_sweep(jobs: list[Job], out: Path, memory, device, progress: bool, echo,
         for (_, start), cfgs in by_key.items():
             c0 = cfgs[0]
             train_split = _split(splits, cache, "train", c0.train_views, c0.ram_limit)
-            T._check_classes(cache, train_split)
+            T.check_classes(cache, train_split)
             val_split = _split(splits, cache, c0.val_split, c0.test_views, c0.ram_limit)
             held = sum(s.features.nbytes for s in splits.values() if s.in_ram)
             free = cap - held if torch.device(device).type == "cpu" else cap  # features share the RAM

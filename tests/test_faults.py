@@ -475,6 +475,14 @@ def test_one_nan_clip_stops_training_naming_it(tmp_path):
         S.run_sweep(jobs, tmp_path / "abl", progress=False, echo=lambda s: None)
 
 
+def test_the_once_an_epoch_loss_check_names_the_epoch():
+    """On CUDA no step checks the loss (each check would sync): the epoch's sum, read back once, is."""
+    assert T.epoch_loss(torch.tensor(2.5, dtype=torch.float64), 0) == 2.5
+    for bad in ("nan", "inf", "-inf"):
+        with pytest.raises(NonFiniteLoss, match=rf"^epoch 3: loss is {bad}; check the cache"):
+            T.epoch_loss(torch.tensor(float(bad), dtype=torch.float64), 2)
+
+
 def test_a_head_with_non_finite_weights_is_never_best(toy, reference, tmp_path, monkeypatch):
     ref, _ = reference
     assert json.loads(ref["metrics"])["best_epoch"] == 1  # epoch 1 wins unless its weights are "non-finite"
@@ -482,7 +490,8 @@ def test_a_head_with_non_finite_weights_is_never_best(toy, reference, tmp_path, 
     want = 2 + int(np.argmax(acc[1:]))  # the best of the later epochs (first of equals)
     calls = []
     real = T.finite_weights
-    monkeypatch.setattr(T, "finite_weights", lambda h: real(h) and bool(calls.append(1) or len(calls) > 1))
+    fake = lambda h: real(h) and bool(calls.append(1) or len(calls) > 1)
+    monkeypatch.setattr(T.checkpoint, "finite_weights", fake)  # where keep_if_best (train and sweep) finds it
     m = T.train(T.TrainConfig(**CFG), toy, tmp_path / "r", progress=False)
     assert m["best_epoch"] == want
     calls.clear()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import namedtuple
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,6 +100,36 @@ def test_one_pass_of_the_probes_equals_separate_runs(tmp_path):
         assert any("running_mean" in k for k in wa) == (ra["head"] in ("linear", "ep"))  # BN stats saved
         for k in wb:
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_pass_reads_each_heads_loss_back_once_an_epoch_not_every_step(cache_url, tmp_path, monkeypatch):
+    """The loss sums stay on the device: stecache calls Tensor.item() (a host-device sync on CUDA) once per
+    head and epoch while a pass trains, not once per step (here 3 epochs x 5 steps x 2 heads = 30 calls);
+    the logged losses stay bit-identical to train.train's."""
+    here, real, calls, inside = str(Path(sweep.__file__).parent), torch.Tensor.item, [], [False]
+
+    def item(t):
+        if inside[0] and sys._getframe(1).f_code.co_filename.startswith(here):  # not AdamW's own reads
+            calls.append(sys._getframe(1).f_code.co_name)
+        return real(t)
+
+    def train_group(*a, **k):
+        inside[0] = True
+        try:
+            return real_group(*a, **k)
+        finally:
+            inside[0] = False
+
+    real_group = sweep.train_group
+    monkeypatch.setattr(torch.Tensor, "item", item)
+    monkeypatch.setattr(sweep, "train_group", train_group)
+    jobs = sweep.plan([cache_url], heads="meanfc,stemean:1", seeds=[0], base=BASE)
+    sweep.run_sweep(jobs, tmp_path / "sweep", progress=False, echo=lambda s: None)
+    assert calls == ["epoch_loss"] * (BASE["epochs"] * len(jobs))
+    monkeypatch.undo()
+    alone = T.train(jobs[0].cfg, cache_url, runs_root=tmp_path / "alone", progress=False)
+    name = Path(alone["run_dir"]).name
+    assert _losses(tmp_path / "sweep" / name) == _losses(tmp_path / "alone" / name)  # exact, not approx
 
 
 def test_run_names_say_cache_head_depth_swept_values_seed(cache_url, tmp_path):

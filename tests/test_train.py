@@ -1,4 +1,4 @@
-"""train.py: every head learns a synthetic cache, the schedule, resume after SIGKILL, errors, CLI, DDP."""
+"""train/: every head learns a synthetic cache, the schedule, resume after SIGKILL, errors, CLI, DDP."""
 
 from __future__ import annotations
 
@@ -334,7 +334,7 @@ def test_rerunning_a_finished_run_does_not_train_again(toy, tmp_path, monkeypatc
     out = tmp_path / "run"
     m = T.train(T.TrainConfig(head="meanfc", epochs=2), toy, out, progress=False)
     log_before = (out / "log.jsonl").read_text()
-    monkeypatch.setattr(T, "make_optimizer", lambda *a: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(T.loop, "make_optimizer", lambda *a: pytest.fail("a finished run was trained again"))
     again = T.train(T.TrainConfig(head="meanfc", epochs=2), toy, out, progress=False)
     assert again["test"] == m["test"] and (out / "log.jsonl").read_text() == log_before
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
