@@ -377,7 +377,7 @@ def test_output_identical_whatever_the_batch(small, tmp_path, name):
         np.testing.assert_array_equal(o, out[0])
 
 
-# ---- where decoding runs: measured on CPU, forced by --workers ----------------------------------------------
+# ---- where decoding runs: measured on CPU, forced by --workers ---------------------------------------
 
 
 class SlowReader:
