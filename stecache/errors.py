@@ -84,6 +84,7 @@ class RunBusy(StecacheError):
 class NonFiniteLoss(TrainError):
     """A training loss became NaN or inf: the message names the epoch, batch and clip ids."""
 
+
 class CacheCorrupt(StecacheError):
     """A cache whose files are damaged: bytes that fail their checksum, unreadable metadata or shards."""
 

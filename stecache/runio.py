@@ -300,6 +300,4 @@ def load_state(path: Path, head, opt, expect_meta: dict) -> dict:
 
 
 def _bad(path: Path, why: str) -> TrainError:
-    return TrainError(
-        f"{path}: not a resume checkpoint of this run: {why}; delete it to start the run over"
-    )
+    return TrainError(f"{path}: not a resume checkpoint of this run: {why}; delete it to start the run over")

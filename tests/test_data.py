@@ -158,6 +158,7 @@ def test_batch_order_does_not_depend_on_ram_or_streaming(toy):
         got = np.concatenate([p for p, _ in runs[0]])
         assert not np.array_equal(got, order) and sorted(got) == sorted(order)  # reshuffled, same draws
 
+
 def test_read_ahead_hides_slow_shard_reads():
     """A producer that stalls 60 ms every 8th item (a streamed buffer read) and a consumer stepping 10 ms:
     two items ahead wait ~40 ms per stall; the measured read-ahead (depth None) hides most of it.

@@ -58,7 +58,6 @@ def box_pixels(box, h: int, w: int, margin: float = 0.0) -> tuple[int, int, int,
     return top, left, bottom, right
 
 
-
 def resized_size(h: int, w: int, short_side: int) -> tuple[int, int]:
     """(new_h, new_w) as mmcv.rescale_size((w, h), (inf, short_side)): scale the short side, round half up."""
     scale = short_side / min(h, w)
