@@ -223,7 +223,7 @@ CASES = [
         [*EXTRACT, "--cache", "{tmp}/c.zarr", "--checkpoint", "{tmp}/notes.txt"],
         1,
         text_file,
-    ),  # fmt: skip
+    ),
     (
         "extract-annotations-missing",
         [
@@ -237,43 +237,43 @@ CASES = [
         ],
         2,
         None,
-    ),  # fmt: skip
+    ),
     (
         "extract-annotations-garbage",
         [*ANN, "--cache", "{tmp}/c.zarr"],
         1,
         annotation("\x00\x01 \x02\nfoo bar baz\n"),
-    ),  # fmt: skip
+    ),
     (
         "extract-annotations-2M-labels",
         [*ANN, "--cache", "{tmp}/c.zarr"],
         1,
         annotation("a.mp4 " + " ".join(["x"] * 2_000_000) + "\n"),
-    ),  # fmt: skip
+    ),
     (
         "extract-annotations-2M-numbers",
         [*ANN, "--cache", "{tmp}/c.zarr"],
         1,
         annotation("a.mp4 " + " ".join(["7"] * 2_000_000) + "\n"),
-    ),  # fmt: skip
+    ),
     (
         "extract-annotations-dup-ids",
         [*EXTRACT[:4], "train={tmp}/ann.txt", *EXTRACT[5:], "--cache", "{tmp}/c.zarr"],
         1,
         annotation("videos/c0_0.mp4 0\nvideos/c0_0.mp4 1\n"),
-    ),  # fmt: skip
+    ),
     (
         "extract-classes-empty",
         [*EXTRACT, "--cache", "{tmp}/c.zarr", "--classes", "{tmp}/cls.txt"],
         1,
         classes_file(""),
-    ),  # fmt: skip
+    ),
     (
         "extract-data-not-dataset",
         ["extract", "--backbone", "videomaev2-tiny", "--data", "{tmp}", "--cache", "{tmp}/c.zarr"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     # info / verify / export-h5
     ("info-missing", ["info", "{tmp}/nope.zarr"], 1, None),
     ("info-file", ["info", "{tmp}/afile"], 1, a_file),
@@ -296,85 +296,85 @@ CASES = [
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, 1, 10**9, 2])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-label-negative",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, -1, 1, 2])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-label-float",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0.5, np.nan, 1, 2])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-label-length",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, 1])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-labels-3d",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.zeros((4, 2, 2))),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-multihot-huge",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.full((4, 3), 7)),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-features-3d",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=np.zeros((4, 2, 3)), labels=np.array([0, 1, 0, 1])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-features-strings",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=np.array([b"a", b"b"]), labels=np.array([0, 1])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-features-complex",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=np.zeros((4, 3), np.complex64), labels=np.array([0, 1, 0, 1])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-views-shape",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, 1, 0, 1]), views=np.zeros((4, 1, 9))),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-done-length",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, 1, 0, 1]), done=np.ones(3, bool)),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-missing-dataset",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr", "--features", "x"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, 1, 0, 1])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-dup-ids",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, 1, 0, 1]), clip_id=np.array([b"a"] * 4)),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-split-length",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, 1, 0, 1]), split=np.array([b"train"])),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-classes-short",
         ["import-h5", "{tmp}/f.h5", "{tmp}/c.zarr", "--classes", "{tmp}/cls.txt"],
@@ -383,13 +383,13 @@ CASES = [
             h5("f.h5", features=FEATS, labels=np.array([0, 1, 2, 1]))(w, t),
             classes_file("a\n")(w, t),
         ),
-    ),  # fmt: skip
+    ),
     (
         "import-h5-memory-url",
         ["import-h5", "{tmp}/f.h5", "memory://x.zarr"],
         1,
         h5("f.h5", features=FEATS, labels=np.array([0, 1, 0, 1])),
-    ),  # fmt: skip
+    ),
     # train-head
     ("train-cache-missing", [*TRAIN[:2], "{tmp}/nope.zarr", *TRAIN[3:]], 1, None),
     ("train-cache-file", [*TRAIN[:2], "{tmp}/afile", *TRAIN[3:]], 1, a_file),
@@ -430,7 +430,7 @@ CASES = [
         ["evaluate", "{run}", "--split", "val", "--cache", "{tmp}/cache.zarr"],
         1,
         cache_garbage_shard,
-    ),  # fmt: skip
+    ),
     ("evaluate-cache-s3", ["evaluate", "{run}", "--cache", "s3://b/x.zarr"], 1, None),
     # ablate
     (
@@ -438,44 +438,44 @@ CASES = [
         ["ablate", "{cache}", "--heads", "meanfc", "--seeds", "-1", "--out", "{tmp}/a"],
         2,
         None,
-    ),  # fmt: skip
+    ),
     (
         "ablate-seeds-huge",
         ["ablate", "{cache}", "--heads", "meanfc", "--seeds", BIG, "--out", "{tmp}/a"],
         2,
         None,
-    ),  # fmt: skip
+    ),
     ("ablate-seeds-text", ["ablate", "{cache}", "--heads", "meanfc", "--seeds", "a,b"], 2, None),
     (
         "ablate-set-head",
         ["ablate", "{cache}", "--heads", "meanfc", "--set", "head=tr", "--out", "{tmp}/a"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     (
         "ablate-set-depth",
         ["ablate", "{cache}", "--heads", "meanfc", "--set", "depth=1", "--out", "{tmp}/a"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     (
         "ablate-set-seed",
         ["ablate", "{cache}", "--heads", "meanfc", "--set", "seed=3", "--out", "{tmp}/a"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     (
         "ablate-set-unknown",
         ["ablate", "{cache}", "--heads", "meanfc", "--set", "flux=1", "--out", "{tmp}/a"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     (
         "ablate-set-bad-value",
         ["ablate", "{cache}", "--heads", "meanfc", "--set", "lr=abc", "--out", "{tmp}/a"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     ("ablate-set-not-kv", ["ablate", "{cache}", "--heads", "meanfc", "--set", "lr"], 2, None),
     ("ablate-heads-bogus", ["ablate", "{cache}", "--heads", "bogus:1", "--out", "{tmp}/a"], 1, None),
     ("ablate-heads-depth-range", ["ablate", "{cache}", "--heads", "ste:9-1", "--out", "{tmp}/a"], 1, None),
@@ -485,26 +485,26 @@ CASES = [
         ["ablate", "{cache}", "--heads", "meanfc", "--memory", "lots", "--out", "{tmp}/a", "--epochs", "1"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     (
         "ablate-device-bogus",
         ["ablate", "{cache}", "--heads", "meanfc", "--device", "bogus", "--out", "{tmp}/a", "--epochs", "1"],
         2,
         None,
-    ),  # fmt: skip
+    ),
     ("ablate-cache-missing", ["ablate", "{tmp}/nope.zarr", "--heads", "meanfc", "--out", "{tmp}/a"], 1, None),
     (
         "ablate-cache-damaged",
         ["ablate", "{tmp}/cache.zarr", "--heads", "meanfc", "--out", "{tmp}/a", "--epochs", "1"],
         1,
         cache_garbage_shard,
-    ),  # fmt: skip
+    ),
     (
         "ablate-out-devnull",
         ["ablate", "{cache}", "--heads", "meanfc", "--out", "/dev/null", "--epochs", "1"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     # report
     ("report-missing", ["report", "{tmp}/nope.jsonl"], 1, None),
     ("report-garbage", ["report", "{tmp}/results.jsonl", "--out", "{tmp}/r"], 1, results("\x00{{{\n")),
@@ -515,13 +515,13 @@ CASES = [
         ["report", "{tmp}/results.jsonl", "--out", "{tmp}/r"],
         1,
         results('{"head": 1, "metrics": "x"}\n'),
-    ),  # fmt: skip
+    ),
     (
         "report-out-devnull",
         ["report", "{tmp}/results.jsonl", "--out", "/dev/null"],
         1,
         results('{"head": "meanfc"}\n'),
-    ),  # fmt: skip
+    ),
     ("report-correlation-missing", ["report", "--correlation", "{tmp}/nope"], 1, None),
     ("report-correlation-file", ["report", "--correlation", "{tmp}/afile"], 1, a_file),
     (
@@ -529,13 +529,13 @@ CASES = [
         ["report", "--correlation", "{tmp}/cache.zarr", "--out", "{tmp}/r"],
         1,
         cache_garbage_shard,
-    ),  # fmt: skip
+    ),
     (
         "report-split-bogus",
         ["report", "--correlation", "{cache}", "--split", "bogus", "--out", "{tmp}/r"],
         1,
         None,
-    ),  # fmt: skip
+    ),
     # predict / export
     ("predict-text-file", ["predict", "{run}", "{tmp}/notes.txt"], 1, text_file),
     ("predict-empty-file", ["predict", "{run}", "{tmp}/empty.mp4"], 1, text_file),
@@ -550,14 +550,14 @@ CASES = [
         ["predict", "{tmp}/run", "{tmp}/notes.txt"],
         1,
         lambda w, t: (run_bad_metrics(w, t), text_file(w, t)),
-    ),  # fmt: skip
+    ),
     ("predict-unknown-key", ["predict", "{tmp}/run", "{tmp}/notes.txt"], 1, run_unknown_key),
     (
         "predict-checkpoint-garbage",
         ["predict", "{run}", "{tmp}/notes.txt", "--checkpoint", "{tmp}/notes.txt"],
         1,
         text_file,
-    ),  # fmt: skip
+    ),
     ("export-bad-weights", ["export", "{tmp}/run", "--out", "{tmp}/m.pt"], 1, run_bad_weights),
     ("export-bad-config", ["export", "{tmp}/run", "--out", "{tmp}/m.pt"], 1, run_bad_config_json),
     ("export-out-devnull", ["export", "{run}", "--out", "/dev/null", "--head-only"], 1, None),
@@ -567,7 +567,7 @@ CASES = [
         ["export", "{run}", "--checkpoint", "{tmp}/notes.txt", "--out", "{tmp}/m.pt"],
         1,
         text_file,
-    ),  # fmt: skip
+    ),
 ]
 
 
