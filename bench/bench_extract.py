@@ -28,7 +28,7 @@ from bench.bench_cache import small_encoder, synth_data
 from bench.common import machine_line, matmul_gflops, median, write_section
 
 N_CLIPS = 64  # enough that worker start-up does not dominate the end-to-end time
-BASE_CLIPS = 16  # ViT-B: ~2.3 s/clip here; 16 clips let the chooser try batch 2 (8 x 2 views)
+BASE_CLIPS = 16  # ViT-B: ~2.1 s/clip here; 16 clips let the chooser try batch 2 (8 x 2 views)
 HEADER = (
     "| backbone | output | forward clips/s (best batch; per batch) |"
     " stecache clips/s (chosen batch; decode) | naive clips/s | stecache ÷ forward | stecache ÷ naive |"
@@ -179,9 +179,12 @@ def main(
     base_clips: int = BASE_CLIPS,
     fwd_sizes: tuple[int, ...] = (1, 2, 4, 8),
     base_sizes: tuple[int, ...] = (1, 2),
-    base_rounds: int = 3,
+    base_rounds: int = 5,
+    tiny_rounds: int = 9,
 ) -> None:
-    """~3 min for tiny/small plus ~9 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out.
+    """~3 min for tiny/small plus ~14 min of ViT-B on an idle machine; base_clips=0 leaves ViT-B out.
+    The tiny row takes under a second per run, so it gets more rounds (worker start-up, page cache and
+    the machine's phase changes are large against a run that short).
     ViT-B runs first; the section is rewritten after every row, so a cut-short run still leaves numbers."""
     import os
 
@@ -198,8 +201,9 @@ def main(
         name = f"videomaev2 (ViT-B, 16×224², {base_clips} clips, {base_rounds} rounds)"
         vit_b = lambda: compare(name, load("videomaev2"), base_ds, tmp, base_rounds, base_sizes)[0]  # noqa: E731
         todo.append(("base", vit_b))
+    tiny_name = f"videomaev2-tiny ({tiny_rounds} rounds)"
     todo += [
-        ("tiny", lambda: compare("videomaev2-tiny", load("videomaev2-tiny"), ds, tmp, rounds, fwd_sizes)[0]),
+        ("tiny", lambda: compare(tiny_name, load("videomaev2-tiny"), ds, tmp, tiny_rounds, fwd_sizes)[0]),
         ("small", lambda: compare("videomaev2 small", small_encoder(), ds, tmp, rounds, fwd_sizes)[0]),
     ]
     rss: dict = {}
@@ -219,18 +223,18 @@ def _write(rows: dict, rss: dict, n_clips, rounds, base_clips, load0, load1) -> 
         or "| (not measured yet) | | | |"
     )
     body = f"""
-{n_clips} synthetic clips per run (ViT-B: {base_clips}), medians of {rounds} interleaved rounds (A B C, B C A,
-...); {machine_line()}; load average {load0[0]:.1f} before, {load1[0]:.1f} after the timed rows (2 cores:
-above ~2 other jobs were competing). The CPU is shared with other jobs, so absolute numbers are noisy (see the
-canary, fp32 matmul GFLOP/s; ~170 when idle); the ratios are medians of per-round ratios (same round, so
-the machine's phase changes cancel). *forward* = backbone alone on pre-decoded clips, at each batch listed,
-the best one's median in front; *stecache* = `extract()` end to end with its defaults (fp16 cache; where to
-decode chosen by measurement on the first clips — in the main process, or 2 worker processes when decoding
-is at least a third of the per-clip time; the forward batch chosen by measurement — `BatchChooser`, a
-trial size must fit 8 times into the job; the row shows each round's choices and measured decode share);
-*naive* = decode + preprocess + forward + `np.save` fp32, one clip at a time; *2 workers forced* =
-stecache with `--workers 2` (what the default did before decode placement was measured). Bytes are per
-clip on disk, cache vs naive .npy.
+{n_clips} synthetic clips per run (ViT-B: {base_clips}), medians of {rounds} interleaved rounds unless a row
+says otherwise (A B C, B C A, ...); {machine_line()}; load average {load0[0]:.1f} before, {load1[0]:.1f}
+after the timed rows (2 cores: above ~2 other jobs were competing). The CPU is shared with other jobs, so
+absolute numbers are noisy (see the canary, fp32 matmul GFLOP/s; ~170 when idle); the ratios are medians of
+per-round ratios (same round, so the machine's phase changes cancel). *forward* = backbone alone on
+pre-decoded clips, at each batch listed, the best one's median in front; *stecache* = `extract()` end to end
+with its defaults (fp16 cache; where to decode chosen by measurement on the first clips — in the main
+process, or 2 worker processes when decoding is at least a third of the per-clip time; the forward batch
+chosen by measurement — `BatchChooser`, a trial size must fit 8 times into the job; the row shows each
+round's choices and measured decode share); *naive* = decode + preprocess + forward + `np.save` fp32, one
+clip at a time; *2 workers forced* = stecache with `--workers 2` (what the default did before decode
+placement was measured). Bytes are per clip on disk, cache vs naive .npy.
 
 {HEADER}
 {table}
