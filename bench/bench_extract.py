@@ -28,7 +28,7 @@ from bench.bench_cache import small_encoder, synth_data
 from bench.common import machine_line, matmul_gflops, median, write_section
 
 N_CLIPS = 64  # enough that worker start-up does not dominate the end-to-end time
-BASE_CLIPS = 16  # ViT-B: ~2.1 s/clip here; 16 clips let the chooser try batch 2 (8 x 2 views)
+BASE_CLIPS = 16  # ViT-B: ~2.1 s/clip here, so 16 clips (too few for trial batch sizes) and 5 rounds
 HEADER = (
     "| backbone | output | forward clips/s (best batch; per batch) |"
     " stecache clips/s (chosen batch; decode) | naive clips/s | stecache ÷ forward | stecache ÷ naive |"
@@ -231,7 +231,7 @@ per-round ratios (same round, so the machine's phase changes cancel). *forward* 
 pre-decoded clips, at each batch listed, the best one's median in front; *stecache* = `extract()` end to end
 with its defaults (fp16 cache; where to decode chosen by measurement on the first clips — in the main
 process, or 2 worker processes when decoding is at least a third of the per-clip time; the forward batch
-chosen by measurement — `BatchChooser`, a trial size must fit 8 times into the job; the row shows each
+chosen by measurement — `BatchChooser`, a trial size must fit 16 times into the job; the row shows each
 round's choices and measured decode share); *naive* = decode + preprocess + forward + `np.save` fp32, one
 clip at a time; *2 workers forced* = stecache with `--workers 2` (what the default did before decode
 placement was measured). Bytes are per clip on disk, cache vs naive .npy.

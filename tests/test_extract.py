@@ -308,7 +308,7 @@ class Timed(FakeBackbone):
 
 
 # ms per view at batch 1, 2, 3 (this shared CPU adds tens of ms of noise to any forward); 48 clips allow
-# trial sizes up to 48 / 8 = 6
+# trial sizes up to 48 / 16 = 3
 @pytest.mark.parametrize("ms,fast", [({1: 80.0, 2: 5.0, 3: 80.0}, 2), ({1: 80.0, 2: 40.0, 3: 5.0}, 3)])
 def test_chooser_picks_the_faster_size_keeps_timed_clips(ds, reference, tmp_path, monkeypatch, ms, fast):
     import stecache.extract.batching
@@ -354,7 +354,7 @@ def test_chooser_unit():
     ch.record(1, 0.1)  # a short batch (data ran out) is not a measurement of size 2
     assert ch.measuring and ch.size == 2 and ch.times == {1: [1.0]}
     assert BatchChooser(torch.device("cuda"), forced=3).size == 3
-    few = BatchChooser(torch.device("cpu"), candidates=(1, 2, 4), total=20)  # 4 x 8 > 20: 4 is not tried
+    few = BatchChooser(torch.device("cpu"), candidates=(1, 2, 4), total=40)  # 4 x 16 > 40: 4 is not tried
     assert few.candidates == (1, 2) and BatchChooser(torch.device("cpu"), total=10).chosen == 1
     assert BatchChooser(torch.device("cuda")).candidates[0] >= 4  # GPUs start from larger batches
 

@@ -58,7 +58,7 @@ def launch(backbone, items, v_shape, device, dtype: str = "float32") -> Ready:
 # Candidate forward batches (views per forward), smallest first: this CPU wants small ones (a ViT-B
 # batch of 8 × 1,568 tokens falls out of cache), GPUs large ones.
 CANDIDATES = {"cpu": (1, 2, 4, 8, 16), "cuda": (4, 8, 16, 32, 64, 128, 256)}
-SHARE = 8  # a candidate is tried only if the job has at least SHARE x its size views (small jobs: few)
+SHARE = 16  # a candidate is tried only if the job has at least SHARE x its size views (small jobs: few)
 SLOWER = 1.05  # stop growing the batch once a size is this much slower per view than the best so far
 
 
