@@ -4,9 +4,7 @@ On a GPU the host's cores are idle while the device computes, so worker processe
 CPU the forward pass already uses every core and decoding workers compete with it: they pay off only when
 decoding is a large part of the work (a small encoder), and cost a few per cent otherwise (ViT-B). So the
 first clips are decoded here, timing the decode and the rest of the loop between two clips (forwards,
-bookkeeping); decoding moves to workers only if it took at least WORKER_SHARE of that time. Meanwhile
-workers have already started on the clips after the probe (a few decoded ahead at most), so a
-decode-bound job does not wait for the measurement; they are stopped if decoding stays here.
+bookkeeping); decoding moves to workers only if it took at least WORKER_SHARE of that time.
 """
 
 from __future__ import annotations
@@ -82,46 +80,35 @@ class Decoded:
             self.workers, self.chosen = None, None
 
     def __iter__(self):
-        n = len(self.reader)
-        if self.workers is not None:
-            yield from self._decode(0, n, self.workers)
+        n, j = len(self.reader), 0
+        if self.workers is None:  # time the first clips here, then decide
+            decode = rest = 0.0
+            while j < n and j <= PROBE:
+                t0 = time.perf_counter()
+                item = self.reader[j]
+                t1 = time.perf_counter()
+                yield item
+                if j:  # clip 0 warms up the decoder and the first forward
+                    decode, rest = decode + t1 - t0, rest + time.perf_counter() - t1
+                j += 1
+            self.share = decode / (decode + rest) if decode + rest else None
+            if j < n:
+                go = self.share is not None and self.share >= WORKER_SHARE and self.pool > 1
+                self.workers, self.chosen = (self.pool if go else 0), "measured"
+            else:
+                self.workers, self.chosen = 0, "in this process (few clips)"
+            log.info("decoding: %s (decode share %.2f)", self.describe(), self.share or 0)
+        rest = torch.utils.data.Subset(self.reader, range(j, n))
+        if not self.workers:
+            yield from (rest[i] for i in range(len(rest)))
             return
-        # CPU, not forced: clips 0..PROBE decoded here and timed, while workers (if the job is longer)
-        # already decode the clips after them, so a decode-bound job loses nothing to the measurement; if
-        # decoding stays here, the workers go and their few decoded-ahead clips are decoded again here.
-        probe = min(n, PROBE + 1)
-        ahead = iter(self._decode(probe, n, self.pool, prefetch=2)) if n > probe and self.pool > 1 else None
-        decode = rest = 0.0
-        for j in range(probe):
-            t0 = time.perf_counter()
-            item = self.reader[j]
-            t1 = time.perf_counter()
-            yield item
-            if j:  # clip 0 warms up the decoder and the first forward
-                decode, rest = decode + t1 - t0, rest + time.perf_counter() - t1
-        self.share = decode / (decode + rest) if decode + rest else None
-        go = ahead is not None and self.share is not None and self.share >= WORKER_SHARE
-        self.workers = self.pool if go else 0
-        self.chosen = "measured" if n > probe else "in this process (few clips)"
-        log.info("decoding: %s (decode share %.2f)", self.describe(), self.share or 0)
-        if go:
-            yield from ahead
-            return
-        del ahead  # stops the workers
-        yield from self._decode(probe, n, 0)
-
-    def _decode(self, start: int, stop: int, workers: int, prefetch: int = 4):
-        """Items start..stop-1 in order, decoded here (0) or by `workers` processes."""
-        rows = torch.utils.data.Subset(self.reader, range(start, stop))
-        if not workers:
-            return (rows[i] for i in range(len(rows)))
-        return torch.utils.data.DataLoader(
-            rows,
+        yield from torch.utils.data.DataLoader(
+            rest,
             batch_size=None,
-            num_workers=workers,
+            num_workers=self.workers,
             collate_fn=_identity,
             worker_init_fn=_worker_init,
-            prefetch_factor=prefetch,
+            prefetch_factor=4,
         )
 
     def describe(self) -> str:
