@@ -58,9 +58,10 @@ def run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tup
     Decoded clips are cut into views; forwards take `size` views at a time (the views of one clip may be
     split across two forwards, and a forward may span two shards). A shard is written once every one of its
     rows is resolved (all views stored, or failed). While the batch size is being chosen each forward is
-    timed synchronously; afterwards the device output of forward k is collected only after forward k+1 has
-    been queued, so on a GPU the host never waits for the device in the loop. A clip with a non-finite
-    feature (in the stored dtype) is a failure of that clip, like a decode error.
+    timed synchronously; afterwards, on a GPU, the device output of forward k is collected only after
+    forward k+1 has been queued, so the host never waits for the device in the loop (on a CPU each output
+    is stored at once: holding it across the next forward only slows that forward's allocations). A clip
+    with a non-finite feature (in the stored dtype) is a failure of that clip, like a decode error.
     """
     todo = [r for a, b in shards for r in range(a, b) if not done[r]]
     if not todo:
@@ -131,6 +132,8 @@ def run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tup
                 y = job[1].result()
                 chooser.record(len(items), time.perf_counter() - t)
                 collect(job, y)
+            elif device.type == "cpu":  # the forward has finished: store its output before the next
+                collect((items, launch(backbone, items, v_shape, device, cache.dtype)))
             else:
                 job = (items, launch(backbone, items, v_shape, device, cache.dtype))
                 if inflight is not None:
