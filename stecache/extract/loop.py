@@ -96,9 +96,9 @@ def run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tup
         if not unresolved[a]:
             put(a, bufs.pop(a))
 
-    def collect(job, y=None) -> None:
+    def collect(job) -> None:
         items, ready = job
-        y = ready.result() if y is None else y  # [B, n, c, h, w] on the host
+        y = ready.result()  # [B, n, c, h, w] on the host
         for (row, v, _), feats in zip(items, y, strict=True):
             a = shard_of[row][0]
             buf = bufs[a]
@@ -121,24 +121,17 @@ def run(cache, shards, done, dataset, backbone, views, cfg, device, rank) -> tup
     def step(final: bool = False) -> None:
         nonlocal inflight, pending
         while pending and (len(pending) >= chooser.size or final):
-            size = chooser.size
-            items, pending = pending[:size], pending[size:]
-            if chooser.measuring:
-                if inflight is not None:
-                    collect(inflight)
-                    inflight = None
-                t = time.perf_counter()  # the forward alone, host copy included; not the bookkeeping
-                job = (items, launch(backbone, items, v_shape, device, cache.dtype))
-                y = job[1].result()
+            items, pending = pending[: chooser.size], pending[chooser.size :]
+            measuring = chooser.measuring  # only at the start: nothing is in flight yet
+            t = time.perf_counter()  # the forward alone, host copy included; not the bookkeeping
+            job = (items, launch(backbone, items, v_shape, device, cache.dtype))
+            if measuring:
+                job[1].result()
                 chooser.record(len(items), time.perf_counter() - t)
-                collect(job, y)
-            elif device.type == "cpu":  # the forward has finished: store its output before the next
-                collect((items, launch(backbone, items, v_shape, device, cache.dtype)))
-            else:
-                job = (items, launch(backbone, items, v_shape, device, cache.dtype))
-                if inflight is not None:
-                    collect(inflight)
-                inflight = job
+            elif device.type != "cpu":  # the device computes this forward while the host stores the last
+                job, inflight = inflight, job
+            if job is not None:
+                collect(job)
 
     try:
         for row, x, err, note in decoded:
