@@ -423,7 +423,7 @@ def test_decoding_placement_forced_or_few_clips():
     assert [j for j, _ in dec] == list(range(8)) and dec.provenance()["chosen"] == "--workers"
     few = decoding.Decoded(SlowReader(decoding.PROBE, 50.0), torch.device("cpu"))
     assert [pid for _, pid in few] == [os.getpid()] * decoding.PROBE
-    assert few.provenance()["workers"] == 0 and few.provenance()["chosen"] == "in this process (few clips)"
+    assert few.provenance()["workers"] == 0 and few.provenance()["chosen"] == "few clips"
     gpu = decoding.Decoded(SlowReader(1, 0.0), torch.device("cuda"))  # not run: the policy alone
     assert gpu.workers >= 1 and gpu.provenance()["chosen"].startswith("policy")
 

@@ -96,7 +96,7 @@ class Decoded:
                 go = self.share is not None and self.share >= WORKER_SHARE and self.pool > 1
                 self.workers, self.chosen = (self.pool if go else 0), "measured"
             else:
-                self.workers, self.chosen = 0, "in this process (few clips)"
+                self.workers, self.chosen = 0, "few clips"
             log.info("decoding: %s (decode share %.2f)", self.describe(), self.share or 0)
         rest = torch.utils.data.Subset(self.reader, range(j, n))
         if not self.workers:
